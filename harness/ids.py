@@ -1,0 +1,58 @@
+"""Model ids carry a source prefix: ``zoo:tiny-llama``, ``hf:facebook/opt-125m``, ``path:/models/x``.
+
+One parser handles them all and rejects ambiguous input, as timm's ``parse_model_name`` does.
+Light on imports: the suite validator uses it before torch is loaded.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from harness.registry import suggest
+
+SOURCES = {
+    "zoo": "small models the project trains itself, offline (harness ls models)",
+    "hf": "Hugging Face hub id, loaded with from_pretrained",
+    "path": "a local folder written by save_pretrained (absolute, or relative to the suite)",
+}
+ZOO_NAMES = ("tiny-llama", "tiny-opt")  # kept in step with harness.zoo.ZOO_MODELS (a test checks)
+_HF_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*(/[A-Za-z0-9][A-Za-z0-9_.\-]*)?$")
+
+
+class ModelIdError(ValueError):
+    """A model id without a known source prefix or with a malformed name."""
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    source: str  # one of SOURCES
+    name: str  # the part after the prefix
+
+    def __str__(self) -> str:
+        return f"{self.source}:{self.name}"
+
+
+def parse_model_id(model_id: object) -> ModelRef:
+    """Split ``source:name`` and check the name for that source; raise ModelIdError."""
+    if not isinstance(model_id, str) or not model_id.strip():
+        raise ModelIdError(f"model id must be a non-empty string like 'hf:facebook/opt-125m', got {model_id!r}")
+    source, sep, name = model_id.partition(":")
+    if not sep:
+        guess = "zoo" if model_id in ZOO_NAMES else "hf"
+        raise ModelIdError(
+            f"model id '{model_id}' needs a source prefix; did you mean '{guess}:{model_id}'? "
+            f"Sources: {', '.join(SOURCES)}"
+        )
+    if source not in SOURCES:
+        close = suggest(source, list(SOURCES))
+        hint = f" Did you mean '{close[0]}:{name}'?" if close else ""
+        raise ModelIdError(f"unknown model source '{source}' in '{model_id}'.{hint} Sources: {', '.join(SOURCES)}")
+    if not name:
+        raise ModelIdError(f"model id '{model_id}' has no name after '{source}:'")
+    if source == "zoo" and name not in ZOO_NAMES:
+        close = suggest(name, list(ZOO_NAMES))
+        hint = f" Did you mean: {', '.join('zoo:' + c for c in close)}?" if close else ""
+        raise ModelIdError(f"Unknown zoo model '{name}'.{hint} Available: {', '.join('zoo:' + z for z in ZOO_NAMES)}")
+    if source == "hf" and not _HF_ID.match(name):
+        raise ModelIdError(f"'{name}' is not a Hugging Face model id (expected 'org/name')")
+    return ModelRef(source, name)

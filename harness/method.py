@@ -1,0 +1,190 @@
+"""The pruning-method contract: a frozen ``Params`` dataclass and a pure per-layer ``prune``.
+
+The layer-sequential driver (``harness.calibration``) owns hooks and statistics; a method
+only says which statistics it needs and turns one weight matrix into a pruned one. This is
+the split of SparseGPT's ``sparsegpt.py`` versus ``opt.py``, with the driver written once.
+Statistics live in the driver (not in a per-method ``observe``) so that sub-layers that read
+the same input (q/k/v, gate/up) share one Hessian.
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+import typing
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+from harness.registry import Registry, suggest
+from harness.target import Target
+
+Stats = Literal["none", "diag", "hessian"]
+
+
+@dataclass
+class LayerStats:
+    """Calibration statistics of one layer's input X (tokens, d_in).
+
+    Attributes:
+        hessian: X^T X / n, (d_in, d_in) float32, or None when only the diagonal was gathered.
+        diag: mean of x_j^2 per input feature, (d_in,) float32.
+        n: number of token rows accumulated.
+    """
+
+    diag: Any
+    hessian: Any = None
+    n: int = 0
+
+    @classmethod
+    def from_hessian(cls, hessian: Any, n: int = 0) -> "LayerStats":
+        return cls(diag=hessian.diagonal().clone(), hessian=hessian, n=n)
+
+
+@dataclass
+class PruneResult:
+    """What ``PruningMethod.prune`` returns: the new weight and notes worth recording."""
+
+    weight: Any  # same shape as the input weight
+    info: dict[str, Any] = field(default_factory=dict)  # e.g. {"damping": 0.01, "retries": 1}
+
+
+class ParamsError(ValueError):
+    """A params mapping that does not fit a method's ``Params`` dataclass."""
+
+    def __init__(self, problems: list[tuple[str, str]]):
+        # (key or "", message) pairs so the suite loader can point at the right line
+        self.problems = problems
+        super().__init__("; ".join(f"{k}: {m}" if k else m for k, m in problems))
+
+
+class PruningMethod:
+    """Base class of every registered method.
+
+    Subclasses set ``Params`` (a frozen dataclass with one comment per field), ``stats``,
+    and implement ``prune``. A method that needs the whole model (global thresholds) may
+    override ``prepare``, which the driver calls once before the layer-sequential pass.
+    """
+
+    name: ClassVar[str] = ""
+    Params: ClassVar[type] = type("Params", (), {})
+    stats: ClassVar[Stats] = "hessian"  # what the driver must gather for prune()
+    needs_calibration: ClassVar[bool] = True
+    origin: ClassVar[str] = "builtin"
+
+    def __init__(self, params: Any = None) -> None:
+        self.params = params if params is not None else self.Params()
+
+    def prepare(self, weights: dict[str, Any], target: Target) -> None:
+        """Called once with every prunable weight (name -> tensor) before pruning starts."""
+
+    def prune(self, name: str, weight: Any, stats: LayerStats | None, target: Target) -> PruneResult:
+        raise NotImplementedError
+
+
+METHODS: Registry[type[PruningMethod]] = Registry("method")
+
+
+def _origin_of(cls: type) -> str:
+    top = cls.__module__.split(".")[0]
+    if top in ("methods", "harness", "tests", "__main__"):
+        return "builtin"
+    try:
+        from importlib.metadata import packages_distributions, version
+
+        dists = packages_distributions().get(top, [])
+        if dists:
+            return f"{dists[0]}=={version(dists[0])}"
+    except Exception:  # metadata is best effort provenance; the module name still identifies it
+        pass
+    return f"module:{cls.__module__}"
+
+
+def register_method(name: str):
+    """Class decorator: ``@register_method("wanda")`` on a ``PruningMethod`` subclass."""
+
+    def wrap(cls: type[PruningMethod]) -> type[PruningMethod]:
+        if not (isinstance(cls, type) and issubclass(cls, PruningMethod)):
+            raise TypeError(f"@register_method({name!r}) must decorate a PruningMethod subclass")
+        if not dataclasses.is_dataclass(cls.Params):
+            raise TypeError(f"{cls.__name__}.Params must be a dataclass")
+        cls.origin = _origin_of(cls)
+        METHODS.register(name, cls, origin=cls.origin)
+        cls.name = name
+        return cls
+
+    return wrap
+
+
+def get_method(name: str) -> type[PruningMethod]:
+    from harness.registry import discover
+
+    discover()
+    return METHODS.get(name)
+
+
+def list_methods() -> list[str]:
+    from harness.registry import discover
+
+    discover()
+    return METHODS.names()
+
+
+def _check_type(value: Any, annotation: Any) -> bool:
+    """A small runtime check for the field types Params use (bool/int/float/str/Literal/Optional)."""
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        return value in typing.get_args(annotation)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        return any(_check_type(value, a) for a in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is str:
+        return isinstance(value, str)
+    if origin in (list, tuple):
+        return isinstance(value, (list, tuple))
+    if origin is dict or annotation is dict:
+        return isinstance(value, dict)
+    return True
+
+
+def _describe(annotation: Any) -> str:
+    if typing.get_origin(annotation) is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(annotation))
+    return getattr(annotation, "__name__", str(annotation).replace("typing.", ""))
+
+
+def build_params(cls: type[PruningMethod], raw: dict[str, Any] | None) -> Any:
+    """Build ``cls.Params`` from a mapping, collecting every problem into one ParamsError."""
+    raw = dict(raw or {})
+    fields = {f.name: f for f in dataclasses.fields(cls.Params)}
+    hints = typing.get_type_hints(cls.Params, vars(sys.modules[cls.Params.__module__]))
+    problems: list[tuple[str, str]] = []
+    for key in raw:
+        if key not in fields:
+            close = suggest(str(key), list(fields))
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            valid = ", ".join(fields) or "none"
+            problems.append((str(key), f"unknown key '{key}'{hint}; valid keys: {valid}"))
+    for key, value in raw.items():
+        if key in fields and not _check_type(value, hints.get(key, Any)):
+            problems.append((key, f"expected {_describe(hints.get(key))}, got {value!r}"))
+    if problems:
+        raise ParamsError(problems)
+    params = cls.Params(**{k: (float(v) if hints.get(k) is float else v) for k, v in raw.items()})
+    check = getattr(params, "validate", None)
+    if callable(check):
+        try:
+            check()
+        except ValueError as exc:
+            raise ParamsError([("", str(exc))]) from None
+    return params
+
+
+def params_dict(params: Any) -> dict[str, Any]:
+    """The resolved params (defaults filled in) as a plain dict, for specs and records."""
+    return dataclasses.asdict(params)

@@ -1,0 +1,98 @@
+"""``RunSpec``: one cell of a suite's grid, frozen, with a canonical JSON form and its hash.
+
+The SHA-256 of the canonical JSON is the run id: a rerun of the same cell finds its stored
+result and skips it. Anything that changes the numbers belongs in the spec.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+SPEC_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model to prune. ``id`` carries a source prefix: ``zoo:``, ``hf:`` or ``path:``."""
+
+    id: str
+    dtype: str = "auto"  # "auto" = float32 on CPU, float16 on CUDA for hf:, float32 for zoo:
+    revision: str | None = None  # hf: git revision / tag
+    trust_remote_code: bool = False
+
+
+@dataclass(frozen=True)
+class CalibrationSpec:
+    dataset: str = "pydoc"
+    n_samples: int = 128
+    seqlen: int = 2048
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class PerplexitySpec:
+    dataset: str
+    seqlen: int
+    max_windows: int | None = None  # cap on evaluated windows (None = whole split, the paper protocol)
+
+
+@dataclass(frozen=True)
+class LayerSelection:
+    """Which Linear layers inside the decoder blocks are pruned (Python regexes on module names)."""
+
+    targets: tuple[str, ...] = ()  # empty = every Linear inside the blocks
+    ignore: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    suite: str
+    model: ModelSpec
+    method: str
+    params: dict[str, Any]  # resolved: every field of the method's Params, defaults filled in
+    target: str  # "0.5", "2:4"; "0" for the dense baseline
+    calibration: CalibrationSpec
+    perplexity: tuple[PerplexitySpec, ...] = ()
+    layers: LayerSelection = field(default_factory=LayerSelection)
+    seed: int = 0
+    batch_size: int = 8  # calibration and eval batch size (does not change results)
+    version: int = SPEC_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("batch_size")  # execution detail, not part of the identity
+        return d
+
+    def canonical_json(self) -> str:
+        return canonical_json(self.to_dict())
+
+    @property
+    def run_id(self) -> str:
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()
+
+    @property
+    def short_id(self) -> str:
+        return self.run_id[:12]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], batch_size: int = 8) -> "RunSpec":
+        return cls(
+            suite=d["suite"],
+            model=ModelSpec(**d["model"]),
+            method=d["method"],
+            params=dict(d["params"]),
+            target=d["target"],
+            calibration=CalibrationSpec(**d["calibration"]),
+            perplexity=tuple(PerplexitySpec(**p) for p in d.get("perplexity", ())),
+            layers=LayerSelection(**{k: tuple(v) for k, v in d.get("layers", {}).items()}),
+            seed=d.get("seed", 0),
+            batch_size=batch_size,
+            version=d.get("version", SPEC_VERSION),
+        )
+
+
+def canonical_json(obj: Any) -> str:
+    """Sorted keys, no whitespace, tuples as lists: the same spec always gives the same bytes."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)

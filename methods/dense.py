@@ -1,0 +1,26 @@
+"""``dense``: the unpruned baseline row every leaderboard compares against."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from harness.method import LayerStats, PruneResult, PruningMethod, register_method
+from harness.target import Target
+
+
+@register_method("dense")
+class Dense(PruningMethod):
+    """No-op baseline: the driver still runs (same code path, same evaluation), weights untouched.
+
+    Example:
+        methods: [dense]
+    """
+
+    @dataclass(frozen=True)
+    class Params:
+        pass
+
+    stats = "none"
+    needs_calibration = False
+
+    def prune(self, name: str, weight, stats: LayerStats | None, target: Target) -> PruneResult:
+        return PruneResult(weight)

@@ -1,0 +1,143 @@
+"""``sparsegpt``: OBS-style pruning with a shared inverse Hessian and lazy batched updates.
+
+Frantar & Alistarh, "SparseGPT: Massive Language Models Can Be Accurately Pruned in One-Shot",
+ICML 2023, https://arxiv.org/abs/2301.00774. Semantics follow the reference ``fasterprune``
+(IST-DASLab/sparsegpt): relative damping, dead inputs zeroed, the upper Cholesky factor of
+H^-1, a mask chosen jointly over all rows per block of columns, N:M chosen lazily from the
+already-updated weights, fp32 math whatever the model dtype.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from harness.method import LayerStats, PruneResult, PruningMethod, register_method
+from harness.target import Target
+
+MAX_DAMPING_RETRIES = 4  # each retry multiplies the damping by 10
+
+
+class NotPositiveDefinite(RuntimeError):
+    """The damped Hessian stayed singular after every damping escalation."""
+
+
+def inverse_cholesky_upper(hessian: torch.Tensor, dampening_frac: float) -> tuple[torch.Tensor, float, int]:
+    """Return (U, damping used, retries) where U is the upper Cholesky factor of (H + λI)^-1.
+
+    λ = dampening_frac * mean(diag H). On failure λ grows 10x, up to MAX_DAMPING_RETRIES times.
+    """
+    h = hessian
+    cols = h.shape[0]
+    idx = torch.arange(cols, device=h.device)
+    mean_diag = torch.mean(torch.diag(h))
+    frac = dampening_frac
+    for retry in range(MAX_DAMPING_RETRIES + 1):
+        damped = h.clone()
+        damped[idx, idx] += frac * mean_diag
+        lower, info = torch.linalg.cholesky_ex(damped)
+        if int(info) == 0:
+            hinv = torch.cholesky_inverse(lower)
+            upper, info = torch.linalg.cholesky_ex(hinv, upper=True)
+            if int(info) == 0 and torch.isfinite(upper).all():
+                return upper, frac, retry
+        frac *= 10
+    raise NotPositiveDefinite(
+        f"Hessian is not positive definite even with damping {frac / 10:g} x mean(diag); "
+        "the calibration activations may contain NaN/inf or too few tokens"
+    )
+
+
+def sparsegpt_prune(
+    weight: torch.Tensor,
+    hessian: torch.Tensor,
+    target: Target,
+    blocksize: int = 128,
+    dampening_frac: float = 0.01,
+) -> tuple[torch.Tensor, dict]:
+    """Prune one weight matrix (rows, cols) given H = X X^T / n (cols, cols).
+
+    Returns the pruned weight in fp32 and {"damping", "damping_retries", "obs_loss"}.
+    """
+    W = weight.detach().float().clone()  # (rows, cols)
+    H = hessian.detach().to(W.device, torch.float32).clone()  # (cols, cols)
+    rows, cols = W.shape
+    dead = torch.diag(H) == 0  # inputs that never fire: force them to zero
+    H[dead, dead] = 1
+    W[:, dead] = 0
+    Hinv, damping, retries = inverse_cholesky_upper(H, dampening_frac)
+    del H
+
+    n, m = target.n, target.m
+    losses = torch.zeros(rows, device=W.device)
+    for i1 in range(0, cols, blocksize):
+        i2 = min(i1 + blocksize, cols)
+        count = i2 - i1
+        W1 = W[:, i1:i2].clone()
+        Q1 = torch.zeros_like(W1)
+        Err1 = torch.zeros_like(W1)
+        Hinv1 = Hinv[i1:i2, i1:i2]
+        d1 = torch.diag(Hinv1)  # (count,)
+
+        if not target.is_nm:  # one mask per block, jointly over rows and columns
+            tmp = W1**2 / d1.reshape(1, -1) ** 2
+            thresh = torch.sort(tmp.flatten())[0][int(tmp.numel() * target.sparsity)]
+            mask1 = tmp <= thresh
+        else:
+            mask1 = torch.zeros_like(W1, dtype=torch.bool)
+
+        for i in range(count):
+            w = W1[:, i]
+            d = Hinv1[i, i]
+            if target.is_nm and i % m == 0:  # lazy N:M: pick from the already-updated weights
+                tmp = W1[:, i : i + m] ** 2 / d1[i : i + m].reshape(1, -1) ** 2
+                mask1.scatter_(1, i + torch.topk(tmp, n, dim=1, largest=False)[1], True)
+            q = w.clone()
+            q[mask1[:, i]] = 0
+            Q1[:, i] = q
+            losses += (w - q) ** 2 / d**2 / 2
+            err1 = (w - q) / d
+            W1[:, i:] -= err1.unsqueeze(1).matmul(Hinv1[i, i:].unsqueeze(0))  # OBS update in the block
+            Err1[:, i] = err1
+
+        W[:, i1:i2] = Q1
+        W[:, i2:] -= Err1.matmul(Hinv[i1:i2, i2:])  # lazy batched update of later columns
+
+    info = {"damping": damping, "damping_retries": retries, "obs_loss": float(losses.sum())}
+    return W, info
+
+
+@register_method("sparsegpt")
+class SparseGPT(PruningMethod):
+    """SparseGPT one-shot pruning (unstructured and N:M).
+
+    Example:
+        methods:
+          - name: sparsegpt
+            params: {blocksize: 128, dampening_frac: 0.01}
+    """
+
+    @dataclass(frozen=True)
+    class Params:
+        blocksize: int = 128  # columns per lazy-update block; the mask is chosen per block
+        dampening_frac: float = 0.01  # damping as a fraction of mean(diag H) (reference percdamp)
+
+        def validate(self) -> None:
+            if self.blocksize <= 0:
+                raise ValueError(f"blocksize must be positive, got {self.blocksize}")
+            if not 0 <= self.dampening_frac < 10:
+                raise ValueError(f"dampening_frac must be in [0, 10), got {self.dampening_frac}")
+
+    stats = "hessian"
+
+    def prune(self, name: str, weight: torch.Tensor, stats: LayerStats | None, target: Target) -> PruneResult:
+        if stats is None or stats.hessian is None:
+            raise ValueError("sparsegpt needs the layer's Hessian X X^T / n")
+        if target.is_nm and weight.shape[1] % target.m:
+            raise ValueError(f"{name}: input dim {weight.shape[1]} is not a multiple of {target.m}")
+        if target.is_nm and self.params.blocksize % target.m:
+            raise ValueError(f"blocksize {self.params.blocksize} must be a multiple of M={target.m}")
+        W, info = sparsegpt_prune(
+            weight, stats.hessian, target, self.params.blocksize, self.params.dampening_frac
+        )
+        return PruneResult(W.to(weight.dtype), info)
