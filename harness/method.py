@@ -68,6 +68,7 @@ class PruningMethod:
     Params: ClassVar[type] = type("Params", (), {})
     stats: ClassVar[Stats] = "hessian"  # what the driver must gather for prune()
     needs_calibration: ClassVar[bool] = True
+    modifies_weights: ClassVar[bool] = True  # False only for the dense baseline
     origin: ClassVar[str] = "builtin"
 
     def __init__(self, params: Any = None) -> None:

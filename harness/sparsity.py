@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
+from harness._lazy import torch
 
 from harness.target import Target
 

@@ -21,6 +21,7 @@ class Dense(PruningMethod):
 
     stats = "none"
     needs_calibration = False
+    modifies_weights = False
 
     def prune(self, name: str, weight, stats: LayerStats | None, target: Target) -> PruneResult:
         return PruneResult(weight)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-import torch
+from harness._lazy import torch
 
 from harness.method import LayerStats, PruneResult, PruningMethod, register_method
 from harness.sparsity import nm_mask, threshold_mask

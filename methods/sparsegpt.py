@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
+from harness._lazy import torch
 
 from harness.method import LayerStats, PruneResult, PruningMethod, register_method
 from harness.target import Target

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
+from harness._lazy import torch
 
 from harness.method import LayerStats, PruneResult, PruningMethod, register_method
 from harness.sparsity import nm_mask, prune_smallest

@@ -1,0 +1,286 @@
+"""The layer-sequential driver, written once for every decoder-only Hugging Face LM.
+
+1. Capture: block 0 is wrapped by a catcher that records its full positional and keyword
+   arguments (hidden states, attention mask, position ids, ``position_embeddings``, cache
+   position) for every calibration batch and stops the forward pass.
+2. For each block, on the compute device: forward hooks on its prunable Linear layers gather
+   X^T X (one accumulator per distinct input tensor, so q/k/v and gate/up share one Hessian)
+   from the block's dense activations; every layer is pruned; the pruned block is re-run to
+   produce the next block's inputs. Only one block sits on the device at a time.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from harness.method import LayerStats, PruningMethod
+from harness.spec import LayerSelection
+from harness.target import Target
+
+log = logging.getLogger(__name__)
+
+# Where decoder blocks live in the common families; anything else is found by search.
+_BLOCK_PATHS = ("model.layers", "model.decoder.layers", "transformer.h", "gpt_neox.layers", "model.language_model.layers")
+
+
+class NumericalError(RuntimeError):
+    """Non-finite activations or statistics: the cell fails instead of storing garbage."""
+
+
+@dataclass
+class LayerReport:
+    """What happened to one pruned Linear layer (sparsity is measured later by the runner)."""
+
+    name: str
+    block: int
+    rows: int
+    cols: int
+    rel_error: float | None  # ||(W - W')X||^2 / ||WX||^2 on the layer's calibration inputs
+    time_s: float
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class _StopForward(Exception):
+    pass
+
+
+class _Catcher(nn.Module):
+    """Stands in for block 0: records (args, kwargs) of each call, then stops the forward."""
+
+    def __init__(self, block: nn.Module) -> None:
+        super().__init__()
+        self.block = block
+        self.calls: list[tuple[tuple, dict]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        # Model code reads attributes of its layers (e.g. ``attention_type``); pass them through.
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(super().__getattr__("block"), name)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls.append((args, kwargs))
+        raise _StopForward
+
+
+def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """Return (dotted path, ModuleList) of the decoder blocks."""
+    for path in _BLOCK_PATHS:
+        obj: Any = model
+        for part in path.split("."):
+            obj = getattr(obj, part, None)
+            if obj is None:
+                break
+        if isinstance(obj, nn.ModuleList) and len(obj) > 0:
+            return path, obj
+    n_layers = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.ModuleList) and len(mod) > 0 and (n_layers is None or len(mod) == n_layers):
+            if len({type(m) for m in mod}) == 1:
+                return name, mod
+    raise ValueError(f"cannot find the decoder blocks of {type(model).__name__}: no single list of layers")
+
+
+def prunable_layers(block: nn.Module, prefix: str, selection: LayerSelection) -> dict[str, nn.Linear]:
+    """Linear layers inside one block, by full dotted name, filtered by the suite's regexes."""
+    out = {}
+    for sub, mod in block.named_modules():
+        if not isinstance(mod, nn.Linear):
+            continue
+        name = f"{prefix}.{sub}"
+        if selection.targets and not any(re.search(p, name) for p in selection.targets):
+            continue
+        if any(re.search(p, name) for p in selection.ignore):
+            continue
+        out[name] = mod
+    return out
+
+
+def _first(out: Any) -> torch.Tensor:
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def _with_hidden(args: tuple, kwargs: dict, hidden: torch.Tensor) -> tuple[tuple, dict]:
+    """Replace the hidden states (first positional, or the ``hidden_states`` keyword)."""
+    if args:
+        return (hidden,) + tuple(args[1:]), kwargs
+    return args, {**kwargs, "hidden_states": hidden}
+
+
+def capture_inputs(
+    model: nn.Module, batches: list[torch.Tensor], device: torch.device
+) -> list[tuple[tuple, dict]]:
+    """Run the model up to block 0 for each batch and return block 0's (args, kwargs) per batch."""
+    path, blocks = find_blocks(model)
+    parent = model.get_submodule(path.rsplit(".", 1)[0]) if "." in path else model
+    attr = path.rsplit(".", 1)[-1]
+    catcher = _Catcher(blocks[0])
+    setattr(parent, attr, nn.ModuleList([catcher]))  # model.to() below moves only non-block parts
+    try:
+        model.to(device)
+        with torch.no_grad():
+            for ids in batches:
+                try:
+                    model(input_ids=ids.to(device), use_cache=False)
+                except _StopForward:
+                    pass
+    finally:
+        setattr(parent, attr, blocks)
+        if device.type != "cpu":
+            setattr(parent, attr, nn.ModuleList())
+            model.to("cpu")
+            setattr(parent, attr, blocks)
+    if len(catcher.calls) != len(batches):
+        raise RuntimeError("block 0 was not reached for every calibration batch")
+    return catcher.calls
+
+
+class _Collector:
+    """Forward hooks that gather X^T X (or only its diagonal) per distinct input tensor."""
+
+    def __init__(self, layers: dict[str, nn.Linear], mode: str) -> None:
+        self.mode = mode  # "diag" or "hessian"
+        self.group_of: dict[str, int] = {}  # layer name -> accumulator index
+        self.acc: list[torch.Tensor] = []
+        self.count: list[int] = []
+        self._seen: list[tuple[torch.Tensor, int]] = []  # inputs of the current forward (kept alive)
+        self._handles = [m.register_forward_hook(self._hook(n)) for n, m in layers.items()]
+
+    def _hook(self, name: str) -> Callable:
+        def hook(module: nn.Module, inputs: tuple, output: Any) -> None:
+            x = inputs[0]
+            for seen, gid in self._seen:  # same tensor object as an earlier layer: shared input
+                if seen is x:
+                    self.group_of.setdefault(name, gid)
+                    return
+            gid = self.group_of.get(name)
+            if gid is None:
+                gid = len(self.acc)
+                d = x.shape[-1]
+                shape = (d,) if self.mode == "diag" else (d, d)
+                self.acc.append(torch.zeros(shape, dtype=torch.float32, device=x.device))
+                self.count.append(0)
+                self.group_of[name] = gid
+            self._seen.append((x, gid))
+            flat = x.detach().reshape(-1, x.shape[-1]).float()  # (tokens, d_in)
+            if not torch.isfinite(flat).all():
+                raise NumericalError(f"non-finite calibration activations entering {name}")
+            if self.mode == "diag":
+                self.acc[gid] += (flat * flat).sum(0)
+            else:
+                self.acc[gid].addmm_(flat.T, flat)
+            self.count[gid] += flat.shape[0]
+
+        return hook
+
+    def end_forward(self) -> None:
+        self._seen.clear()
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+    def stats(self, name: str) -> LayerStats:
+        gid = self.group_of[name]
+        n = max(self.count[gid], 1)
+        mat = self.acc[gid] / n
+        if self.mode == "diag":
+            return LayerStats(diag=mat, n=n)
+        return LayerStats.from_hessian(mat, n=n)
+
+
+def relative_error(w_old: torch.Tensor, w_new: torch.Tensor, hessian: torch.Tensor) -> float:
+    """||(W - W')X||^2 / ||WX||^2 = tr(dW H dW^T) / tr(W H W^T) with H = X^T X / n."""
+    w = w_old.float()
+    dw = w - w_new.float()
+    num = ((dw @ hessian) * dw).sum()
+    den = ((w @ hessian) * w).sum()
+    return float(num / den) if float(den) > 0 else 0.0
+
+
+def prune_sequential(
+    model: nn.Module,
+    batches: list[torch.Tensor],
+    method: PruningMethod,
+    target: Target,
+    *,
+    device: torch.device | str = "cpu",
+    selection: LayerSelection = LayerSelection(),
+    measure_error: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+    on_block_output: Callable[[int, list[torch.Tensor]], None] | None = None,
+) -> list[LayerReport]:
+    """Prune ``model`` in place, block by block, and return one report per pruned layer.
+
+    Args:
+        batches: calibration token ids, each (batch, seqlen).
+        measure_error: gather full Hessians so every layer's reconstruction error is reported,
+            even for methods that need less.
+        on_block_output: test hook, called with each block's outputs (pruned block).
+    """
+    device = torch.device(device)
+    path, blocks = find_blocks(model)
+    layers_per_block = [prunable_layers(b, f"{path}.{i}", selection) for i, b in enumerate(blocks)]
+    method.prepare({n: m.weight for layers in layers_per_block for n, m in layers.items()}, target)
+
+    mode = "hessian" if (method.stats == "hessian" or measure_error) else method.stats
+    modifies = method.modifies_weights
+    if not modifies:
+        mode = "none"
+    if mode != "none" and not batches:
+        raise ValueError(f"method '{method.name}' needs calibration batches")
+
+    calls = capture_inputs(model, batches, device) if batches else []
+    use_cache = getattr(model.config, "use_cache", None)
+    reports: list[LayerReport] = []
+    with torch.no_grad():
+        for i, block in enumerate(blocks):
+            layers = layers_per_block[i]
+            block.to(device)
+            collector = _Collector(layers, mode) if mode != "none" and layers else None
+            if collector is not None:
+                for args, kwargs in calls:
+                    block(*args, **kwargs)
+                    collector.end_forward()
+                collector.remove()
+            for name, lin in layers.items():
+                t0 = time.perf_counter()
+                stats = collector.stats(name) if collector is not None else None
+                old = lin.weight.data
+                result = method.prune(name, old, stats, target)
+                new = result.weight.to(old.dtype)
+                if not torch.isfinite(new).all():
+                    raise NumericalError(f"{method.name} produced non-finite weights in {name}")
+                err = None
+                if stats is not None and stats.hessian is not None:
+                    err = relative_error(old, new, stats.hessian)
+                elif not modifies:
+                    err = 0.0
+                if new is not old:
+                    lin.weight.data.copy_(new)
+                rows, cols = old.shape
+                reports.append(LayerReport(name, i, rows, cols, err, time.perf_counter() - t0, result.info))
+            del collector
+            if calls:  # the pruned block's outputs are the next block's inputs
+                outs = []
+                for args, kwargs in calls:
+                    outs.append(_first(block(*args, **kwargs)))
+                if not all(torch.isfinite(o).all() for o in outs):
+                    raise NumericalError(f"non-finite activations after pruned block {i}")
+                if on_block_output is not None:
+                    on_block_output(i, outs)
+                calls = [_with_hidden(args, kwargs, o) for o, (args, kwargs) in zip(outs, calls)]
+            if device.type != "cpu":
+                block.to("cpu")
+            if progress is not None:
+                progress(i + 1, len(blocks))
+    if use_cache is not None:
+        model.config.use_cache = use_cache
+    return reports

@@ -1,0 +1,233 @@
+"""``harness``: run, validate, ls, zoo, results. Parses arguments, calls the library, prints.
+
+Heavy modules (torch, transformers, duckdb) are imported inside the commands so that
+``harness --help`` and ``harness validate`` answer quickly. Only this module prints.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+EXIT_OK, EXIT_FAILED_CELLS, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+DEFAULT_DB = "results/sparsebench.duckdb"
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False)
+
+
+def _load_suite_or_exit(path: str):
+    from harness.suite import SuiteError, load_suite
+
+    try:
+        return load_suite(path)
+    except SuiteError as err:
+        for line in str(err).splitlines():
+            print(line, file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+
+
+def _hub_needed(suite) -> bool:
+    if any(m.id.startswith("hf:") for m in suite.models):
+        return True
+    datasets = {suite.calibration.dataset} | {p.dataset for p in suite.perplexity}
+    return bool(datasets - {"pydoc"})
+
+
+def _hub_reachable(timeout: float = 2.0) -> bool:
+    import socket
+
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _set_offline(args, suite, console) -> None:
+    """Offline unless the suite needs the hub and the hub answers (a missing model then fails
+    in seconds instead of hanging ~50 s in retries)."""
+    if os.environ.get("HF_HUB_OFFLINE") not in (None, "", "0"):
+        offline = True
+    elif args.offline:
+        offline = True
+    elif args.online:
+        offline = False
+    elif not _hub_needed(suite):
+        offline = True
+    else:
+        offline = not _hub_reachable()
+        if offline:
+            console.print("[yellow]Hugging Face hub unreachable: running offline (local caches only)[/]")
+    if offline:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        os.environ["HF_DATASETS_OFFLINE"] = "1"
+
+
+def cmd_validate(args) -> int:
+    from harness.suite import SuiteError, expand, load_suite
+
+    status = EXIT_OK
+    for path in args.suites:
+        try:
+            suite = load_suite(path)
+        except SuiteError as err:
+            for line in str(err).splitlines():
+                print(line, file=sys.stderr)
+            status = EXIT_BAD_INPUT
+            continue
+        print(f"{path}: ok ({len(expand(suite))} cells)")
+    return status
+
+
+def cmd_run(args) -> int:
+    from harness.report import CliReporter, grid_table, summary_table
+    from harness.runner import select
+    from harness.suite import expand
+
+    console = _console()
+    suite = _load_suite_or_exit(args.suite)
+    if args.dry_run:
+        cells = select(expand(suite), args.only)
+        console.print(grid_table(suite, cells))
+        return EXIT_OK
+    _set_offline(args, suite, console)
+    from harness.runner import run_suite
+    from harness.store import Store
+
+    store = Store(args.db, on_wait=lambda msg: console.print(f"[yellow]{msg}[/]"))
+    reporter = CliReporter(console)
+    try:
+        with reporter:
+            results = run_suite(
+                suite, store=store, only=args.only, force=args.force, device=args.device, reporter=reporter
+            )
+    except KeyboardInterrupt:
+        console.print(
+            f"[yellow]Interrupted. Every finished cell is saved in {args.db}; "
+            "run the same command again to resume.[/]"
+        )
+        return EXIT_INTERRUPTED
+    console.print(summary_table(suite.name, results))
+    failed = [r for r in results if r.status == "failed"]
+    for r in failed:
+        console.print(f"[red]failed[/] {r.spec.short_id} {r.spec.model.id} {r.spec.method} {r.spec.target}: {r.error}")
+    console.print(f"Results: {args.db} (query the 'results' view). Failed cells are retried on the next run.")
+    return EXIT_FAILED_CELLS if failed else EXIT_OK
+
+
+def cmd_ls(args) -> int:
+    from rich.table import Table
+
+    table = Table(show_header=True, header_style="bold")
+    if args.what == "methods":
+        from harness.method import METHODS, list_methods, params_dict
+
+        list_methods()
+        table.add_column("method"), table.add_column("params (defaults)"), table.add_column("origin")
+        for e in METHODS:
+            params = ", ".join(f"{k}={v!r}" for k, v in params_dict(e.obj.Params()).items())
+            table.add_row(e.name, params or "-", e.origin)
+    elif args.what == "models":
+        from harness.ids import SOURCES, ZOO_NAMES
+
+        table.add_column("model id"), table.add_column("what")
+        for z in ZOO_NAMES:
+            table.add_row(f"zoo:{z}", "tiny offline LM trained by sparsebench on stdlib English text")
+        for src, what in SOURCES.items():
+            if src != "zoo":
+                table.add_row(f"{src}:...", what)
+    else:
+        from harness.data import DATASETS
+
+        table.add_column("dataset"), table.add_column("what")
+        for name, what in sorted(DATASETS.items()):
+            table.add_row(name, what)
+    _console().print(table)
+    return EXIT_OK
+
+
+def cmd_zoo(args) -> int:
+    from harness import zoo
+    from harness.report import step_progress
+
+    console = _console()
+    if args.snapshot:
+        path = zoo.snapshot_corpus()
+        console.print(f"corpus snapshot written: {path}")
+    names = [args.name] if args.name else list(zoo.ZOO_MODELS)
+    for name in names:
+        out = Path(args.out) / name if args.out else zoo.shipped_dir(name)
+        with step_progress(console, f"training zoo:{name}") as cb:
+            path = zoo.build_model(name, out, steps=args.steps, progress=cb)
+        console.print(f"zoo:{name} written to {path} (sha256 {zoo.checkpoint_sha256(path)[:16]})")
+    return EXIT_OK
+
+
+def cmd_results(args) -> int:
+    from harness.report import results_table
+    from harness.store import Store
+
+    if not Path(args.db).exists():
+        print(f"no results database at {args.db}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    _console().print(results_table(Store(args.db), args.suite))
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="harness", description="sparsebench: prune, evaluate, record, compare.")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="run every cell of a suite not yet stored")
+    r.add_argument("suite")
+    r.add_argument("--db", default=DEFAULT_DB, help=f"results database (default {DEFAULT_DB})")
+    r.add_argument("--only", help="run id prefix, or a glob over 'model/method/target'")
+    r.add_argument("--force", action="store_true", help="rerun cells already stored as ok")
+    r.add_argument("--dry-run", action="store_true", help="print the expanded grid and exit")
+    r.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
+    net = r.add_mutually_exclusive_group()
+    net.add_argument("--offline", action="store_true", help="never contact the Hugging Face hub")
+    net.add_argument("--online", action="store_true", help="skip the hub reachability check")
+    r.set_defaults(func=cmd_run)
+
+    v = sub.add_parser("validate", help="check suites (schema, methods, params, targets, ids) without running")
+    v.add_argument("suites", nargs="+")
+    v.set_defaults(func=cmd_validate)
+
+    ls = sub.add_parser("ls", help="list registered methods, model sources or datasets")
+    ls.add_argument("what", choices=["methods", "models", "datasets"])
+    ls.set_defaults(func=cmd_ls)
+
+    z = sub.add_parser("zoo", help="build the offline model zoo")
+    zsub = z.add_subparsers(dest="zoo_command", required=True)
+    zb = zsub.add_parser("build", help="train the zoo models (deterministic) into the package")
+    zb.add_argument("--name", help="one zoo model (default: all)")
+    zb.add_argument("--steps", type=int, help="override the training steps (for quick trials)")
+    zb.add_argument("--out", help="write checkpoints under this folder instead of the package")
+    zb.add_argument("--snapshot", action="store_true", help="first re-snapshot the corpus from this Python's stdlib")
+    zb.set_defaults(func=cmd_zoo)
+
+    res = sub.add_parser("results", help="print the stored results as a table")
+    res.add_argument("--db", default=DEFAULT_DB)
+    res.add_argument("--suite", help="only this suite")
+    res.set_defaults(func=cmd_results)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

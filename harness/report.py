@@ -1,0 +1,144 @@
+"""Terminal presentation for the CLI: rich progress and tables (renderables, no logic)."""
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Any, Callable, Iterator
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from harness.runner import CellResult, Reporter, cell_label
+from harness.spec import RunSpec
+
+
+def lower_is_better(metric: str) -> bool:
+    return "/ppl" in metric or metric.endswith("bits_per_byte") or "perplexity" in metric
+
+
+def recovery(value: float | None, dense: float | None, metric: str) -> float | None:
+    """Percent of the dense model's quality kept: 100 = as good as dense (ppl: dense/value)."""
+    if value is None or dense is None or value == 0:
+        return None
+    return 100.0 * (dense / value if lower_is_better(metric) else value / dense)
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console, transient=True,
+    )
+
+
+class CliReporter(Reporter):
+    """Progress bars for zoo training, calibration/pruning and evaluation, one line per cell."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.bars = _progress(console)
+        self.tasks: dict[str, Any] = {}
+        self.t0 = 0.0
+
+    def __enter__(self) -> "CliReporter":
+        self.bars.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.bars.__exit__(*exc)
+
+    def plan(self, cells: list[RunSpec], skipped: int) -> None:
+        msg = f"{len(cells)} cells; {len(cells) - skipped} to run"
+        if skipped:
+            msg += f", {skipped} already stored (use --force to rerun)"
+        self.console.print(msg)
+
+    def cell_start(self, index: int, total: int, spec: RunSpec) -> None:
+        self.t0 = time.perf_counter()
+        self.prefix = f"[{index + 1}/{total}] {cell_label(spec)}"
+        for task in self.tasks.values():
+            self.bars.remove_task(task)
+        self.tasks.clear()
+
+    def progress(self, task: str, done: int, total: int) -> None:
+        if task not in self.tasks:
+            self.tasks[task] = self.bars.add_task(f"{self.prefix} {task}", total=total)
+        self.bars.update(self.tasks[task], completed=done, total=total)
+
+    def cell_end(self, result: CellResult) -> None:
+        style = "green" if result.status == "ok" else "red"
+        metrics = "  ".join(f"{k}={v:.3f}" for k, v in result.metrics.items())
+        extra = f" {result.error}" if result.error else ""
+        self.console.print(
+            f"{self.prefix} [{style}]{result.status}[/] {time.perf_counter() - self.t0:.1f}s {metrics}{extra}"
+        )
+
+
+@contextlib.contextmanager
+def step_progress(console: Console, description: str) -> Iterator[Callable[[int, int, float], None]]:
+    """A bar for a (step, total, loss) callback, e.g. zoo training."""
+    with _progress(console) as bars:
+        task = bars.add_task(description, total=None)
+
+        def cb(step: int, total: int, loss: float) -> None:
+            bars.update(task, completed=step, total=total, description=f"{description} loss {loss:.3f}")
+
+        yield cb
+
+
+def grid_table(suite: Any, cells: list[RunSpec]) -> Table:
+    """The expanded grid for ``--dry-run``."""
+    t = Table(title=f"{suite.name}: {len(cells)} cells", header_style="bold")
+    for col in ("run id", "model", "method", "target", "params", "calibration", "evals", "seed"):
+        t.add_column(col)
+    for c in cells:
+        cal = c.calibration
+        params = ", ".join(f"{k}={v}" for k, v in c.params.items()) or "-"
+        evals = ", ".join(f"{p.dataset}@{p.seqlen}" for p in c.perplexity) or "-"
+        t.add_row(c.short_id, c.model.id, c.method, c.target, params,
+                  f"{cal.dataset} {cal.n_samples}x{cal.seqlen} seed {cal.seed}", evals, str(c.seed))
+    return t
+
+
+def summary_table(title: str, results: list[CellResult]) -> Table:
+    """Rows model x method x target; a column per metric and its recovery vs the dense row."""
+    metrics: list[str] = []
+    for r in results:
+        metrics += [m for m in r.metrics if m not in metrics]
+    dense = {(r.spec.model.id, r.spec.seed): r.metrics for r in results if r.spec.method == "dense"}
+    t = Table(title=title, header_style="bold")
+    for col in ("model", "method", "target", "status", "sparsity"):
+        t.add_column(col)
+    for m in metrics:
+        t.add_column(m, justify="right")
+        t.add_column("vs dense", justify="right")
+    for r in results:
+        row = [r.spec.model.id, r.spec.method, r.spec.target, r.status,
+               f"{r.sparsity:.3f}" if r.sparsity is not None else "-"]
+        ref = dense.get((r.spec.model.id, r.spec.seed), {})
+        for m in metrics:
+            v = r.metrics.get(m)
+            row.append(f"{v:.2f}" if v is not None else "-")
+            rec = recovery(v, ref.get(m), m) if r.spec.method != "dense" else None
+            row.append(f"{rec:.1f}%" if rec is not None else "-")
+        t.add_row(*row)
+    return t
+
+
+def results_table(store: Any, suite: str | None) -> Table:
+    """The stored `results` view, pivoted: one row per run, one column per metric."""
+    where, params = ("WHERE suite = ?", [suite]) if suite else ("", [])
+    rows = store.query(
+        f"SELECT suite, model, method, target, status, metric, value FROM results {where} "
+        "ORDER BY suite, model, method, target, metric", params,
+    )
+    metrics = sorted({r[5] for r in rows if r[5] is not None})
+    runs: dict[tuple, dict] = {}
+    for s, model, method, target, status, metric, value in rows:
+        runs.setdefault((s, model, method, target, status), {})[metric] = value
+    t = Table(header_style="bold")
+    for col in ("suite", "model", "method", "target", "status", *metrics):
+        t.add_column(col)
+    for key, vals in runs.items():
+        t.add_row(*key, *(f"{vals[m]:.3f}" if vals.get(m) is not None else "-" for m in metrics))
+    return t
