@@ -18,7 +18,10 @@ DEFAULT_DB = "results/sparsebench.duckdb"
 def _console(stderr: bool = False):
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False)
+    console = Console(stderr=stderr, highlight=False)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console.width = 160  # logs and pipes: do not squeeze tables into 80 columns
+    return console
 
 
 def _load_suite_or_exit(path: str):

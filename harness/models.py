@@ -74,7 +74,9 @@ def load_model(
         ModelUnavailable: with one line saying what was needed and how to point at a local copy.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # the CLI draws its own progress; tqdm bars would interleave
     ref = parse_model_id(spec.id)
     dtype = resolve_dtype(spec.dtype, ref.source, device)
     info: dict[str, Any] = {"source": ref.source, "id": str(ref), "dtype": str(dtype).replace("torch.", "")}

@@ -87,16 +87,23 @@ def step_progress(console: Console, description: str) -> Iterator[Callable[[int,
 
 
 def grid_table(suite: Any, cells: list[RunSpec]) -> Table:
-    """The expanded grid for ``--dry-run``."""
-    t = Table(title=f"{suite.name}: {len(cells)} cells", header_style="bold")
-    for col in ("run id", "model", "method", "target", "params", "calibration", "evals", "seed"):
-        t.add_column(col)
+    """The expanded grid for ``--dry-run``; settings shared by every cell go in the caption."""
+    cal = suite.calibration
+    evals = ", ".join(f"{p.dataset} ppl@{p.seqlen}" for p in suite.perplexity) or "none"
+    t = Table(
+        title=f"{suite.name}: {len(cells)} cells",
+        caption=f"calibration {cal.dataset} {cal.n_samples}x{cal.seqlen}; evals: {evals}",
+        header_style="bold",
+    )
+    t.add_column("run id", no_wrap=True)
+    t.add_column("model", no_wrap=True)
+    t.add_column("method", no_wrap=True)
+    t.add_column("target", no_wrap=True)
+    t.add_column("seed")
+    t.add_column("params")
     for c in cells:
-        cal = c.calibration
         params = ", ".join(f"{k}={v}" for k, v in c.params.items()) or "-"
-        evals = ", ".join(f"{p.dataset}@{p.seqlen}" for p in c.perplexity) or "-"
-        t.add_row(c.short_id, c.model.id, c.method, c.target, params,
-                  f"{cal.dataset} {cal.n_samples}x{cal.seqlen} seed {cal.seed}", evals, str(c.seed))
+        t.add_row(c.short_id[:8], c.model.id, c.method, c.target, str(c.seed), params)
     return t
 
 
