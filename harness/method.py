@@ -176,13 +176,13 @@ def build_params(cls: type[PruningMethod], raw: dict[str, Any] | None) -> Any:
             problems.append((key, f"expected {_describe(hints.get(key))}, got {value!r}"))
     if problems:
         raise ParamsError(problems)
-    params = cls.Params(**{k: (float(v) if hints.get(k) is float else v) for k, v in raw.items()})
-    check = getattr(params, "validate", None)
-    if callable(check):
-        try:
+    try:
+        params = cls.Params(**{k: (float(v) if hints.get(k) is float else v) for k, v in raw.items()})
+        check = getattr(params, "validate", None)
+        if callable(check):
             check()
-        except ValueError as exc:
-            raise ParamsError([("", str(exc))]) from None
+    except (ValueError, TypeError) as exc:  # __post_init__ or validate() rejected the values
+        raise ParamsError([("", str(exc))]) from None
     return params
 
 
