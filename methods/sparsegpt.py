@@ -69,15 +69,15 @@ def sparsegpt_prune(
     del H
 
     n, m = target.n, target.m
-    losses = torch.zeros(rows, device=W.device)
+    zero = torch.zeros((), device=W.device)
+    losses = torch.zeros((), device=W.device)
     for i1 in range(0, cols, blocksize):
         i2 = min(i1 + blocksize, cols)
         count = i2 - i1
-        W1 = W[:, i1:i2].clone()
-        Q1 = torch.zeros_like(W1)
+        W1 = W[:, i1:i2].clone()  # (rows, count)
         Err1 = torch.zeros_like(W1)
         Hinv1 = Hinv[i1:i2, i1:i2]
-        d1 = torch.diag(Hinv1)  # (count,)
+        d1 = torch.diagonal(Hinv1)  # (count,)
 
         if not target.is_nm:  # one mask per block, jointly over rows and columns
             tmp = W1**2 / d1.reshape(1, -1) ** 2
@@ -86,21 +86,18 @@ def sparsegpt_prune(
         else:
             mask1 = torch.zeros_like(W1, dtype=torch.bool)
 
+        # The sweep does the reference's float operations in the reference's order (so masks
+        # are bit-identical), minus its overhead: no boolean indexing, no per-column losses.
         for i in range(count):
-            w = W1[:, i]
-            d = Hinv1[i, i]
             if target.is_nm and i % m == 0:  # lazy N:M: pick from the already-updated weights
                 tmp = W1[:, i : i + m] ** 2 / d1[i : i + m].reshape(1, -1) ** 2
                 mask1.scatter_(1, i + torch.topk(tmp, n, dim=1, largest=False)[1], True)
-            q = w.clone()
-            q[mask1[:, i]] = 0
-            Q1[:, i] = q
-            losses += (w - q) ** 2 / d**2 / 2
-            err1 = (w - q) / d
-            W1[:, i:] -= err1.unsqueeze(1).matmul(Hinv1[i, i:].unsqueeze(0))  # OBS update in the block
+            err1 = torch.where(mask1[:, i], W1[:, i], zero) / d1[i]  # (w - q) / d, q = w with pruned zeroed
+            W1[:, i:] -= torch.outer(err1, Hinv1[i, i:])  # OBS compensation inside the block
             Err1[:, i] = err1
 
-        W[:, i1:i2] = Q1
+        W[:, i1:i2] = W1.masked_fill(mask1, 0)  # kept weights: w - 0 * d = w, i.e. the reference's q
+        losses += (Err1**2).sum() / 2
         W[:, i2:] -= Err1.matmul(Hinv[i1:i2, i2:])  # lazy batched update of later columns
 
     info = {"damping": damping, "damping_retries": retries, "obs_loss": float(losses.sum())}
