@@ -14,6 +14,7 @@ from harness.obs import obs_remove, obs_saliency
 from harness.target import Target
 
 METHODS = ["magnitude", "wanda", "sparsegpt"]
+ALL_METHODS = METHODS + ["obc"]
 TESTVECTORS = Path(__file__).resolve().parents[2] / "shared" / "testvectors"
 
 
@@ -22,7 +23,7 @@ def rel_error(w, w_new, h):
     return float(torch.trace(dw @ h @ dw.T) / torch.trace(w @ h @ w.T))
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", ALL_METHODS)
 @pytest.mark.parametrize("nm", [(2, 4), (4, 8), (1, 4)])
 def test_nm_every_group_has_exactly_n_zeros(method, nm, correlated_layer):
     w, h = correlated_layer
@@ -32,7 +33,7 @@ def test_nm_every_group_has_exactly_n_zeros(method, nm, correlated_layer):
     assert torch.equal(zeros, torch.full_like(zeros, n))
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", ALL_METHODS)
 @pytest.mark.parametrize("sparsity", [0.25, 0.5, 0.7, 0.9])
 def test_unstructured_sparsity_hits_target(method, sparsity, correlated_layer):
     w, h = correlated_layer
@@ -44,7 +45,7 @@ def test_unstructured_sparsity_hits_target(method, sparsity, correlated_layer):
     assert out.shape == w.shape and out.dtype == w.dtype
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", ALL_METHODS)
 def test_prune_weight_keeps_dtype_and_does_not_modify_input(method, correlated_layer):
     w, h = correlated_layer
     w16 = w.to(torch.bfloat16)
