@@ -38,6 +38,11 @@ def _load_suite_or_exit(path: str):
 def _hub_needed(suite) -> bool:
     if any(m.id.startswith("hf:") for m in suite.models):
         return True
+    if suite.lm_eval is not None:
+        from harness.lm_eval_adapter import needs_hub
+
+        if needs_hub(suite.lm_eval):
+            return True
     datasets = {suite.calibration.dataset} | {p.dataset for p in suite.perplexity}
     return bool(datasets - {"pydoc"})
 
@@ -183,6 +188,128 @@ def cmd_results(args) -> int:
     return EXIT_OK
 
 
+def _store_problem(err: Exception) -> int:
+    """A results database that is busy, of another schema, or not one: one line, exit 2."""
+    print(err, file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+def _no_db(db: str) -> int:
+    print(f"no results database at {db}; run a suite first (harness run SUITE --db {db})",
+          file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+def cmd_leaderboard(args) -> int:
+    if not Path(args.db).exists():
+        return _no_db(args.db)
+    from harness.store import StoreBusy, StoreSchemaError
+    from leaderboard.render import SiteError, build_site
+
+    console = _console()
+    try:
+        with console.status("building the leaderboard…"):
+            summary = build_site(args.db, args.out, plots=not args.no_plots)
+    except (SiteError, StoreBusy, StoreSchemaError) as err:
+        return _store_problem(err)
+    failed = f", {summary.failed} failed" if summary.failed else ""
+    console.print(
+        f"{summary.runs} runs{failed}, {summary.tables} tables, {summary.models} model pages, "
+        f"{summary.plots} plots: {Path(args.out) / 'index.html'} (open it in a browser; no server needed)",
+        markup=False,
+    )
+    return EXIT_OK
+
+
+def cmd_compare(args) -> int:
+    if not Path(args.db).exists():
+        return _no_db(args.db)
+    from harness.store import Store, StoreBusy, StoreSchemaError
+    from leaderboard.compare import CompareError, compare, compare_table
+    from leaderboard.data import load_runs
+
+    try:
+        result = compare(load_runs(Store(args.db)), args.method, args.baseline or (), args.suite)
+    except (CompareError, StoreBusy, StoreSchemaError) as err:
+        return _store_problem(err)
+    console = _console()
+    console.print(compare_table(result))
+    worse = result.worse
+    if worse:
+        console.print(f"{args.method} is worse on {len(worse)} of {len(result.deltas)} compared cells.",
+                      markup=False, style="red")
+    else:
+        console.print(f"{args.method} is not worse on any of {len(result.deltas)} compared cells.",
+                      markup=False, style="green")
+    return EXIT_FAILED_CELLS if args.fail_if_worse and worse else EXIT_OK
+
+
+def cmd_export(args) -> int:
+    if not Path(args.db).exists():
+        return _no_db(args.db)
+    import tempfile
+
+    from harness.store import Store, StoreBusy, StoreSchemaError
+    from leaderboard.data import export_results
+
+    out = args.out or f"results.{args.format}"
+    store = Store(args.db)
+    if out == "-" and args.format == "parquet":
+        print("parquet is binary: give --out FILE", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        if out == "-":
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / f"results.{args.format}"
+                export_results(store, args.format, path)
+                sys.stdout.write(path.read_text(encoding="utf-8"))
+            return EXIT_OK
+        n = export_results(store, args.format, Path(out))
+    except (StoreBusy, StoreSchemaError) as err:
+        return _store_problem(err)
+    print(f"{n} rows of the results view written to {out}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _add_leaderboard_parsers(sub) -> None:
+    """Parsers of ``leaderboard``, ``compare`` and ``export`` (they read the results database)."""
+    from leaderboard.compare import WORSE_RULE
+
+    lb = sub.add_parser("leaderboard", help="build the static leaderboard site")
+    lbsub = lb.add_subparsers(dest="leaderboard_command", required=True)
+    lbb = lbsub.add_parser(
+        "build", help="write a self-contained static site (works from file://, no server)",
+        description="Write index.html (a sortable, filterable table per suite and model family), "
+        "a page per model (metric-vs-sparsity plots) and per run (params, suite YAML, layers, "
+        "environment, reproduce command), and data/ (Parquet and JSON).",
+    )
+    lbb.add_argument("--db", default=DEFAULT_DB, help=f"results database (default {DEFAULT_DB})")
+    lbb.add_argument("--out", default="site", help="output folder (default site/)")
+    lbb.add_argument("--no-plots", action="store_true", help="skip the matplotlib plots (faster)")
+    lbb.set_defaults(func=cmd_leaderboard)
+
+    c = sub.add_parser(
+        "compare", help="deltas of one method versus baselines, per model, target and metric",
+        description="Compare --method with each baseline on every (suite, model, target, metric) "
+        "cell where both have ok runs. " + WORSE_RULE,
+    )
+    c.add_argument("--db", default=DEFAULT_DB, help=f"results database (default {DEFAULT_DB})")
+    c.add_argument("--method", required=True, help="the method under test")
+    c.add_argument("--baseline", action="append", metavar="NAME",
+                   help="a baseline method; repeat for more (default: magnitude, wanda, sparsegpt "
+                   "when present, else every other non-dense method)")
+    c.add_argument("--suite", help="only this suite")
+    c.add_argument("--fail-if-worse", action="store_true",
+                   help="exit 1 if the method is worse on any compared cell (rule above)")
+    c.set_defaults(func=cmd_compare)
+
+    e = sub.add_parser("export", help="write the results view as Parquet, JSON or CSV")
+    e.add_argument("--db", default=DEFAULT_DB, help=f"results database (default {DEFAULT_DB})")
+    e.add_argument("--format", required=True, choices=["parquet", "json", "csv"])
+    e.add_argument("--out", help="output file (default results.FORMAT; '-' for stdout, json/csv)")
+    e.set_defaults(func=cmd_export)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="harness", description="sparsebench: prune, evaluate, record, compare.")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
@@ -221,6 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     res.add_argument("--db", default=DEFAULT_DB)
     res.add_argument("--suite", help="only this suite")
     res.set_defaults(func=cmd_results)
+    _add_leaderboard_parsers(sub)
     return p
 
 

@@ -1,13 +1,15 @@
 """Evaluation adapters; each returns flat metric rows ``{"name", "value", "stderr", "n"}``.
 
 Metric names are ``<dataset or task>/<metric>``; perplexity carries its window length,
-``wikitext2/ppl@2048``, because numbers at different seqlen are not comparable.
+``wikitext2/ppl@2048``, because numbers at different seqlen are not comparable. lm-eval
+rows (``arc_easy/acc``) come from :mod:`harness.lm_eval_adapter` and also carry
+``headline``. :func:`evaluate_all` runs every eval of a cell.
 """
 from __future__ import annotations
 
 from typing import Any, Callable
 
-from harness.spec import PerplexitySpec
+from harness.spec import PerplexitySpec, RunSpec
 
 
 def ppl_metric_name(spec: PerplexitySpec) -> str:
@@ -42,3 +44,41 @@ def evaluate_perplexity(
         )
         rows.append({"name": name, "value": res.value, "stderr": None, "n": res.tokens})
     return rows
+
+
+def evaluate_all(
+    model: Any,
+    tokenizer: Any,
+    spec: RunSpec,
+    *,
+    device: Any,
+    caches: dict,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Every eval of ``spec`` on the (pruned) model: perplexity, then lm-eval tasks.
+
+    Args:
+        caches: The runner's per-suite caches; ``caches["tokens"]`` holds tokenized
+            perplexity streams, ``caches["lm_eval"]`` lm-eval's task index.
+
+    Returns:
+        The metric rows, and ``eval_info`` for the record (``{"lm_eval": ...}`` when run).
+    """
+    rows = evaluate_perplexity(
+        model, tokenizer, spec.perplexity, device=device, batch_size=spec.batch_size,
+        token_cache=caches.setdefault("tokens", {}), cache_key=spec.model.id, progress=progress,
+    )
+    info: dict[str, Any] = {}
+    if spec.lm_eval is not None:
+        from harness.lm_eval_adapter import evaluate_lm_eval
+
+        if progress:  # lm-eval reports no progress we can forward: mark start and end
+            progress("lm_eval", 0, 1)
+        lm_rows, info["lm_eval"] = evaluate_lm_eval(
+            model, tokenizer, spec.lm_eval, device=str(device), model_id=spec.model.id,
+            cache=caches.setdefault("lm_eval", {}),
+        )
+        rows += lm_rows
+        if progress:
+            progress("lm_eval", 1, 1)
+    return rows, info

@@ -86,7 +86,7 @@ def run_suite(
         record = run_cell(spec, suite.text, device=device, env=env, caches=caches, reporter=reporter)
         store.save(record)
         res = CellResult(
-            spec, record["status"], {m["name"]: m["value"] for m in record["metrics"]}, record["error"],
+            spec, record["status"], headline_metrics(record["metrics"]), record["error"],
             record["sparsity"]["global"], record["wall_time_s"],
         )
         results[spec.run_id] = res
@@ -102,12 +102,18 @@ def run_suite(
     return out
 
 
+def headline_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Metrics worth a summary column: perplexities and each lm-eval task's declared metric."""
+    return {m["name"]: m["value"] for m in rows if m.get("headline") is not False}
+
+
 def _stored_metrics(store: Any, run_ids: list[str]) -> dict[str, tuple[dict[str, float], float | None]]:
     out: dict[str, tuple[dict[str, float], float | None]] = {}
     if not run_ids:
         return out
     rows = store.query(
-        "SELECT r.run_id, m.metric, m.value, r.sparsity_global FROM runs r LEFT JOIN metrics m USING (run_id) "
+        "SELECT r.run_id, m.metric, m.value, r.sparsity_global FROM runs r "
+        "LEFT JOIN metrics m ON m.run_id = r.run_id AND m.headline IS NOT false "
         "WHERE r.run_id IN (SELECT unnest(?))",
         [run_ids],
     )
@@ -142,6 +148,8 @@ def run_cell(
         "peak_rss_bytes": None, "peak_cuda_bytes": None, "device": device,
         "sparsity": {"global": None, "target": None, "nm_compliant": None},
         "metrics": [], "layers": [], "series": [], "model_info": {}, "environment": env,
+        "publishable": spec.publishable,  # False for trial settings (lm-eval limit)
+        "eval_info": {},  # evaluator provenance: lm-eval and task versions, max_length, ...
     }
     t0 = time.perf_counter()
     try:
@@ -162,7 +170,7 @@ def _prune_and_evaluate(spec: RunSpec, record: dict, *, device: str, caches: dic
 
     from harness import data
     from harness.calibration import prune_sequential
-    from harness.evaluate import evaluate_perplexity
+    from harness.evaluate import evaluate_all
     from harness.method import build_params, get_method
     from harness.models import load_model
     from harness.sparsity import check, measure
@@ -221,9 +229,9 @@ def _prune_and_evaluate(spec: RunSpec, record: dict, *, device: str, caches: dic
         raise ValueError(f"measured sparsity out of tolerance: {problems[0]}{more}")
 
     model.to(device)
-    record["metrics"] = evaluate_perplexity(
-        model, loaded.tokenizer, spec.perplexity, device=device, batch_size=spec.batch_size,
-        token_cache=caches["tokens"], cache_key=spec.model.id, progress=lambda n, d, t: reporter.progress(f"eval {n}", d, t),
+    record["metrics"], record["eval_info"] = evaluate_all(
+        model, loaded.tokenizer, spec, device=device, caches=caches,
+        progress=lambda n, d, t: reporter.progress(f"eval {n}", d, t),
     )
     for row in record["metrics"]:
         if row["value"] != row["value"] or row["value"] in (float("inf"), float("-inf")):

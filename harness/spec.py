@@ -39,6 +39,40 @@ class PerplexitySpec:
 
 
 @dataclass(frozen=True)
+class LmEvalSpec:
+    """lm-eval tasks run on the pruned model in memory (``harness.lm_eval_adapter``).
+
+    ``batch_size`` and ``allow_unknown_tasks`` change no number, so they stay out of the
+    run id (:meth:`identity`); everything else is part of it. ``metrics`` is too: it
+    changes no number, but it decides which rows are marked headline in the record, and a
+    changed headline should never sit beside stale flags under the same run id.
+    """
+
+    tasks: tuple[str, ...]  # lm-eval task or group names, e.g. ("tiny_suite",) or the Wanda 7
+    num_fewshot: int = 0  # the Wanda protocol is zero-shot
+    limit: int | float | None = None  # items per task (< 1: a fraction); set = not publishable
+    max_length: int | None = None  # context window; None = the model's eval seqlen (zoo: 128)
+    metrics: tuple[tuple[str, str], ...] = ()  # (task, headline metric) overrides, sorted
+    batch_size: int = 16  # HFLM batch size; execution detail, not identity
+    allow_unknown_tasks: bool = False  # validation only: accept names outside the known table
+
+    @property
+    def publishable(self) -> bool:
+        """Only full task sets are leaderboard numbers; ``limit`` marks a run as a trial."""
+        return self.limit is None
+
+    def identity(self) -> dict[str, Any]:
+        return {"tasks": list(self.tasks), "num_fewshot": self.num_fewshot, "limit": self.limit,
+                "max_length": self.max_length, "metrics": dict(self.metrics)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "LmEvalSpec":
+        return cls(tasks=tuple(d["tasks"]), num_fewshot=d.get("num_fewshot", 0), limit=d.get("limit"),
+                   max_length=d.get("max_length"), metrics=tuple(sorted(dict(d.get("metrics") or {}).items())),
+                   batch_size=d.get("batch_size", 16), allow_unknown_tasks=d.get("allow_unknown_tasks", False))
+
+
+@dataclass(frozen=True)
 class LayerSelection:
     """Which Linear layers inside the decoder blocks are pruned (Python regexes on module names)."""
 
@@ -59,11 +93,21 @@ class RunSpec:
     seed: int = 0
     batch_size: int = 8  # calibration and eval batch size (does not change results)
     version: int = SPEC_VERSION
+    lm_eval: LmEvalSpec | None = None  # zero-shot tasks; None = no lm-eval
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("batch_size")  # execution detail, not part of the identity
+        # Only present when set, so the run ids of suites without lm-eval stay as they were.
+        d.pop("lm_eval")
+        if self.lm_eval is not None:
+            d["lm_eval"] = self.lm_eval.identity()
         return d
+
+    @property
+    def publishable(self) -> bool:
+        """False for trial runs whose numbers must not reach the leaderboard (lm-eval ``limit``)."""
+        return self.lm_eval is None or self.lm_eval.publishable
 
     def canonical_json(self) -> str:
         return canonical_json(self.to_dict())
@@ -90,6 +134,7 @@ class RunSpec:
             seed=d.get("seed", 0),
             batch_size=batch_size,
             version=d.get("version", SPEC_VERSION),
+            lm_eval=LmEvalSpec.from_dict(d["lm_eval"]) if d.get("lm_eval") else None,
         )
 
 

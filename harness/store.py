@@ -44,7 +44,7 @@ from harness.spec import canonical_json
 log = logging.getLogger(__name__)
 
 RECORD_VERSION = 1
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: runs.publishable, runs.eval_info_json, metrics.headline
 RECORD_FILE = "record.json"
 DEFAULT_DB_NAME = "sparsebench.duckdb"
 
@@ -59,10 +59,10 @@ CREATE TABLE IF NOT EXISTS runs (
     suite_text VARCHAR, started_at TIMESTAMP, finished_at TIMESTAMP, wall_time_s DOUBLE,
     prune_time_s DOUBLE, peak_rss_bytes BIGINT, peak_cuda_bytes BIGINT, device VARCHAR,
     sparsity_global DOUBLE, nm_compliant BOOLEAN, model_sha256 VARCHAR,
-    environment_json VARCHAR, ingested_at TIMESTAMP
+    environment_json VARCHAR, ingested_at TIMESTAMP, publishable BOOLEAN, eval_info_json VARCHAR
 );
 CREATE TABLE IF NOT EXISTS metrics (
-    run_id VARCHAR, metric VARCHAR, value DOUBLE, stderr DOUBLE, n BIGINT,
+    run_id VARCHAR, metric VARCHAR, value DOUBLE, stderr DOUBLE, n BIGINT, headline BOOLEAN,
     PRIMARY KEY (run_id, metric)
 );
 CREATE TABLE IF NOT EXISTS layers (
@@ -268,11 +268,14 @@ def _rows(record: dict[str, Any]) -> dict[str, Any]:
         "model_sha256": (record.get("model_info") or {}).get("sha256"),
         "environment_json": _json(record.get("environment")),
         "ingested_at": datetime.now(timezone.utc).replace(tzinfo=None),
+        "publishable": _num(record.get("publishable", True), bool),
+        "eval_info_json": _json(record.get("eval_info")),
     }
     metrics = _columns(record.get("metrics") or [], {
         "run_id": lambda m: rid, "metric": lambda m: m["name"],
         "value": lambda m: _num(m.get("value"), float),
         "stderr": lambda m: _num(m.get("stderr"), float), "n": lambda m: _num(m.get("n"), int),
+        "headline": lambda m: _num(m.get("headline"), bool),
     })
     layers = _columns(record.get("layers") or [], {
         "run_id": lambda r: rid, "layer": lambda r: r["name"],

@@ -29,7 +29,8 @@ from harness.data import dataset_names
 from harness.ids import ModelIdError, parse_model_id
 from harness.method import ParamsError, build_params, get_method, params_dict
 from harness.registry import UnknownNameError, suggest, unknown_message
-from harness.spec import CalibrationSpec, LayerSelection, ModelSpec, PerplexitySpec, RunSpec, canonical_json
+from harness.spec import (CalibrationSpec, LayerSelection, LmEvalSpec, ModelSpec, PerplexitySpec, RunSpec,
+                          canonical_json)
 from harness.target import Target, TargetError
 
 DENSE = "dense"  # the baseline method: one cell per model and seed, target "0"
@@ -79,6 +80,7 @@ class Suite:
     layers: LayerSelection = field(default_factory=LayerSelection)
     seeds: tuple[int, ...] = (0,)
     batch_size: int = 8
+    lm_eval: LmEvalSpec | None = None
 
 
 def _got(value: Any) -> str:
@@ -309,8 +311,60 @@ def _perplexity(ck: _Checker, value: Any, path: str, line: int) -> tuple[Perplex
     return tuple(ck.items(value, path, line, "{dataset, seqlen} mapping", item))
 
 
+def _limit(ck: _Checker, value: Any, path: str, line: int) -> Any:
+    ok = value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1) or (
+        isinstance(value, float) and 0 < value < 1)
+    if not ok:
+        ck.err(line, path, f"expected null, an integer >= 1 (items per task) or a fraction in (0, 1); got {_got(value)}")
+    return value
+
+
+def _optional_int(ck: _Checker, value: Any, path: str, line: int) -> Any:
+    return None if value is None else ck.integer(value, path, line, 1)
+
+
+def _lm_eval(ck: _Checker, value: Any, path: str, line: int) -> LmEvalSpec | None:
+    """``evals.lm_eval``: task names are checked against the adapter's table (no lm-eval import)."""
+    from harness.lm_eval_adapter import metric_problem, task_problem
+
+    schema: dict[str, Check] = {
+        "tasks": lambda ck, v, p, ln: ck.items(v, p, ln, "lm-eval task name", _str),
+        "num_fewshot": _int(0), "batch_size": _int(1), "limit": _limit, "max_length": _optional_int,
+        "metrics": lambda ck, v, p, ln: v, "allow_unknown_tasks": _bool,
+    }
+    before = len(ck.problems)
+    rec = ck.record(value, path, line, schema, ("tasks",))
+    if not isinstance(value, LineDict):
+        return None
+    # Names and metrics are judged even when another key is wrong, so one pass shows all.
+    allow = value.get("allow_unknown_tasks") is True
+    raw_tasks = value.get("tasks") if isinstance(value.get("tasks"), LineList) else []
+    tasks = tuple(t for t in raw_tasks if isinstance(t, str))
+    for i, name in enumerate(raw_tasks):
+        if isinstance(name, str) and (why := task_problem(name, allow)):
+            ck.err(raw_tasks.item_lines[i], f"{path}.tasks[{i}]", why)
+    metrics = value.get("metrics")
+    if not isinstance(metrics, LineDict):
+        if metrics is not None:
+            ck.err(value.key_lines["metrics"], f"{path}.metrics",
+                   f"expected a mapping of task: metric, e.g. {{hellaswag: acc}}; got {_got(metrics)}")
+        metrics = {}
+    for key, metric in metrics.items():
+        where, key_path = metrics.key_lines[key], f"{path}.metrics.{key}"
+        if not isinstance(metric, str):
+            ck.err(where, key_path, f"expected a metric name; got {_got(metric)}")
+        elif why := metric_problem(str(key), metric, tasks):
+            ck.err(where, key_path, why)
+    if rec is None or len(ck.problems) > before:
+        return None
+    return LmEvalSpec(
+        tasks=tasks, num_fewshot=rec.get("num_fewshot", 0), limit=rec.get("limit"),
+        max_length=rec.get("max_length"), metrics=tuple(sorted((str(k), v) for k, v in metrics.items())),
+        batch_size=rec.get("batch_size", 16), allow_unknown_tasks=allow)
+
+
 # One check per evals key: adding lm_eval or imagenet is one function and one entry here.
-_EVALS: dict[str, Check] = {"perplexity": _perplexity}
+_EVALS: dict[str, Check] = {"perplexity": _perplexity, "lm_eval": _lm_eval}
 
 
 def _layers(ck: _Checker, value: Any, path: str, line: int) -> LayerSelection | None:
@@ -363,7 +417,7 @@ def _parse(ck: _Checker, path: str, text: str, data: Any, line: int) -> Suite | 
         models=tuple(top["models"]), methods=tuple(top["methods"]), targets=tuple(top.get("targets", ())),
         calibration=calibration, perplexity=tuple(top.get("evals", {}).get("perplexity", ())),
         layers=top.get("layers", LayerSelection()), seeds=tuple(top.get("seeds", (calibration.seed,))),
-        batch_size=top.get("batch_size", 8))
+        batch_size=top.get("batch_size", 8), lm_eval=top.get("evals", {}).get("lm_eval"))
 
 
 def load_suite(path: str | os.PathLike[str]) -> Suite:
@@ -406,6 +460,6 @@ def expand(suite: Suite) -> list[RunSpec]:
                     spec = RunSpec(
                         suite=suite.name, model=model, method=name, params=dict(params), target=target,
                         calibration=replace(suite.calibration, seed=seed), perplexity=suite.perplexity,
-                        layers=suite.layers, seed=seed, batch_size=suite.batch_size)
+                        layers=suite.layers, seed=seed, batch_size=suite.batch_size, lm_eval=suite.lm_eval)
                     cells.setdefault(spec.run_id, spec)
     return list(cells.values())

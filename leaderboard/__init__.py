@@ -1,0 +1,36 @@
+"""The sparsebench leaderboard: a static site, ``harness compare`` and ``harness export``.
+
+Two stages (house style rule 15): :mod:`leaderboard.build` and :mod:`leaderboard.pages` turn
+stored runs into frozen view models; :mod:`leaderboard.render` writes them with Jinja2.
+Metric directions and formats are declared once, in :mod:`leaderboard.metrics`.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# name -> defining module. Loaded on first use, so `harness --help` (which reads the compare
+# rule from leaderboard.compare) does not pay for jinja2, duckdb and matplotlib.
+_EXPORTS = {
+    "Cell": "leaderboard.build",
+    "Column": "leaderboard.build",
+    "Row": "leaderboard.build",
+    "Table": "leaderboard.build",
+    "build_tables": "leaderboard.build",
+    "Run": "leaderboard.data",
+    "export_results": "leaderboard.data",
+    "load_runs": "leaderboard.data",
+    "MetricInfo": "leaderboard.metrics",
+    "metric_info": "leaderboard.metrics",
+    "SiteSummary": "leaderboard.render",
+    "build_site": "leaderboard.render",
+    "Comparison": "leaderboard.compare",
+    "compare": "leaderboard.compare",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'leaderboard' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
