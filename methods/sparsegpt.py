@@ -74,10 +74,9 @@ def sparsegpt_prune(
     for i1 in range(0, cols, blocksize):
         i2 = min(i1 + blocksize, cols)
         count = i2 - i1
-        W1 = W[:, i1:i2].clone()  # (rows, count)
-        Err1 = torch.zeros_like(W1)
         Hinv1 = Hinv[i1:i2, i1:i2]
         d1 = torch.diagonal(Hinv1)  # (count,)
+        W1 = W[:, i1:i2].clone()  # (rows, count), contiguous like the reference's
 
         if not target.is_nm:  # one mask per block, jointly over rows and columns
             tmp = W1**2 / d1.reshape(1, -1) ** 2
@@ -86,17 +85,25 @@ def sparsegpt_prune(
         else:
             mask1 = torch.zeros_like(W1, dtype=torch.bool)
 
-        # The sweep does the reference's float operations in the reference's order (so masks
-        # are bit-identical), minus its overhead: no boolean indexing, no per-column losses.
+        # The sweep works on the block transposed, (count, rows): each rank-1 update then runs
+        # over contiguous rows instead of thousands of short strided segments. The float
+        # operations are the reference's, element by element and in the same order (products
+        # commute exactly), so the result is bit-identical; boolean indexing and per-column
+        # loss bookkeeping are gone.
+        W1t = W1.t().contiguous()  # (count, rows)
+        Err1t = torch.zeros_like(W1t)
+        mask1t = mask1.t().contiguous()
         for i in range(count):
             if target.is_nm and i % m == 0:  # lazy N:M: pick from the already-updated weights
-                tmp = W1[:, i : i + m] ** 2 / d1[i : i + m].reshape(1, -1) ** 2
+                tmp = (W1t[i : i + m].t() ** 2 / d1[i : i + m].reshape(1, -1) ** 2).contiguous()  # (rows, m)
                 mask1.scatter_(1, i + torch.topk(tmp, n, dim=1, largest=False)[1], True)
-            err1 = torch.where(mask1[:, i], W1[:, i], zero) / d1[i]  # (w - q) / d, q = w with pruned zeroed
-            W1[:, i:] -= torch.outer(err1, Hinv1[i, i:])  # OBS compensation inside the block
-            Err1[:, i] = err1
+                mask1t[i : i + m] = mask1[:, i : i + m].t()
+            err1 = torch.where(mask1t[i], W1t[i], zero) / d1[i]  # (w - q) / d, q = w with pruned zeroed
+            W1t[i:] -= torch.outer(Hinv1[i, i:], err1)  # OBS compensation inside the block
+            Err1t[i] = err1
 
-        W[:, i1:i2] = W1.masked_fill(mask1, 0)  # kept weights: w - 0 * d = w, i.e. the reference's q
+        W[:, i1:i2] = W1t.t().masked_fill(mask1, 0)  # kept weights: w - 0 * d = w, the reference's q
+        Err1 = Err1t.t().contiguous()  # same layout as the reference's, for the same GEMM
         losses += (Err1**2).sum() / 2
         W[:, i2:] -= Err1.matmul(Hinv[i1:i2, i2:])  # lazy batched update of later columns
 
