@@ -108,26 +108,31 @@ def grid_table(suite: Any, cells: list[RunSpec]) -> Table:
 
 
 def summary_table(title: str, results: list[CellResult]) -> Table:
-    """Rows model x method x target; a column per metric and its recovery vs the dense row."""
+    """Rows model x method x target; a column per headline metric, and the first metric's
+    recovery vs the dense row of the same model and seed (100% = as good as dense)."""
     metrics: list[str] = []
     for r in results:
         metrics += [m for m in r.metrics if m not in metrics]
     dense = {(r.spec.model.id, r.spec.seed): r.metrics for r in results if r.spec.method == "dense"}
     t = Table(title=title, header_style="bold")
-    for col in ("model", "method", "target", "status", "sparsity"):
-        t.add_column(col)
-    for m in metrics:
-        t.add_column(m, justify="right")
-        t.add_column("vs dense", justify="right")
+    for col in ("model", "method", "target"):
+        t.add_column(col, no_wrap=True)
+    t.add_column("status")
+    t.add_column("sparsity", justify="right")
+    for i, m in enumerate(metrics):
+        t.add_column(m.replace("/", "/\n", 1), justify="right")
+        if i == 0:
+            t.add_column("vs dense", justify="right")
     for r in results:
         row = [r.spec.model.id, r.spec.method, r.spec.target, r.status,
                f"{r.sparsity:.3f}" if r.sparsity is not None else "-"]
         ref = dense.get((r.spec.model.id, r.spec.seed), {})
-        for m in metrics:
+        for i, m in enumerate(metrics):
             v = r.metrics.get(m)
-            row.append(f"{v:.2f}" if v is not None else "-")
-            rec = recovery(v, ref.get(m), m) if r.spec.method != "dense" else None
-            row.append(f"{rec:.1f}%" if rec is not None else "-")
+            row.append(f"{v:.3f}" if v is not None and abs(v) < 10 else f"{v:.2f}" if v is not None else "-")
+            if i == 0:
+                rec = recovery(v, ref.get(m), m) if r.spec.method != "dense" else None
+                row.append(f"{rec:.1f}%" if rec is not None else "-")
         t.add_row(*row)
     return t
 
