@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
                          for name, n, s in runs]
         console.print(_table("end to end (sparsegpt 50%, random weights, real shapes)", result["e2e"],
                              ["model", "device", "calibration", "prune_s", "model_bytes", "peak_rss_bytes",
-                              "peak_rss_x_model", "ppl_eval_s", "bare_forward_s", "ppl_x_bare"]))
+                              "peak_rss_x_model", "peak_rss_over_baseline_x_model", "ppl_eval_s", "bare_forward_s", "ppl_x_bare"]))
     out = Path(args.out) if args.out else Path(__file__).parent / "results" / f"{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))

@@ -45,6 +45,9 @@ def _child(name: str, method: str, n: int, seqlen: int, device: str, dtype: str)
     from harness.method import get_method
     from harness.target import Target
 
+    import transformers  # noqa: F401  (count the libraries' own memory in the baseline)
+
+    rss_before = peak_rss_bytes()
     t0 = time.perf_counter()
     model = build(name, dtype, "cpu")
     t_build = time.perf_counter() - t0
@@ -62,7 +65,10 @@ def _child(name: str, method: str, n: int, seqlen: int, device: str, dtype: str)
         "model": name, "method": method, "device": device, "dtype": dtype, "calibration": f"{n}x{seqlen}",
         "params": sum(p.numel() for p in model.parameters()), "model_bytes": size, "build_s": t_build,
         "prune_s": t_prune, "layers": len(reports), "peak_rss_bytes": peak_rss_bytes(),
-        "rss_after_build_bytes": rss_after_build, "peak_rss_x_model": peak_rss_bytes() / size,
+        "rss_before_model_bytes": rss_before, "rss_after_build_bytes": rss_after_build,
+        "peak_rss_x_model": peak_rss_bytes() / size,
+        # what the model and the driver add on top of the interpreter and libraries
+        "peak_rss_over_baseline_x_model": (peak_rss_bytes() - rss_before) / size,
         "layer_time_top": sorted(((r.name.split(".", 3)[-1], round(r.time_s, 3)) for r in reports[:8]), key=lambda x: -x[1]),
     }
     if device.startswith("cuda"):
