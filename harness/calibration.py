@@ -114,6 +114,17 @@ def _with_hidden(args: tuple, kwargs: dict, hidden: torch.Tensor) -> tuple[tuple
     return args, {**kwargs, "hidden_states": hidden}
 
 
+def _to(obj: Any, device: torch.device) -> Any:
+    """Move tensors inside args/kwargs (tuples, lists, dicts) to ``device``; others unchanged."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_to(o, device) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _to(v, device) for k, v in obj.items()}
+    return obj
+
+
 def capture_inputs(
     model: nn.Module, batches: list[torch.Tensor], device: torch.device
 ) -> list[tuple[tuple, dict]]:
@@ -143,33 +154,45 @@ def capture_inputs(
 
 
 class _Collector:
-    """Forward hooks that gather X^T X (or only its diagonal) per distinct input tensor."""
+    """Forward hooks that gather X^T X (or only its diagonal) per distinct input.
 
-    def __init__(self, layers: dict[str, nn.Linear], mode: str) -> None:
+    ``inputs`` optionally maps a layer name to a function that turns the layer's input tensor
+    into the rows its (d_out, d_in) weight multiplies, (rows, d_in); the default flattens all
+    but the last dimension (Linear). The vision driver passes unfolded patches for Conv2d.
+    Layers share one accumulator when they read the same tensor through the same function
+    (q/k/v and gate/up; two convolutions of one geometry on one input).
+    """
+
+    def __init__(self, layers: dict[str, nn.Module], mode: str,
+                 inputs: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None) -> None:
         self.mode = mode  # "diag" or "hessian"
+        self.inputs = dict(inputs or {})
         self.group_of: dict[str, int] = {}  # layer name -> accumulator index
         self.acc: list[torch.Tensor] = []
         self.count: list[int] = []
-        self._seen: list[tuple[torch.Tensor, int]] = []  # inputs of the current forward (kept alive)
+        # inputs of the current forward, kept alive so that ``is`` cannot match a recycled tensor
+        self._seen: list[tuple[torch.Tensor, Callable | None, int]] = []
         self._handles = [m.register_forward_hook(self._hook(n)) for n, m in layers.items()]
 
     def _hook(self, name: str) -> Callable:
         def hook(module: nn.Module, inputs: tuple, output: Any) -> None:
             x = inputs[0]
-            for seen, gid in self._seen:  # same tensor object as an earlier layer: shared input
-                if seen is x:
+            to_rows = self.inputs.get(name)
+            for seen, seen_fn, gid in self._seen:  # same tensor, same transform: shared input
+                if seen is x and seen_fn is to_rows:
                     self.group_of.setdefault(name, gid)
                     return
+            x = x.detach()
+            flat = (to_rows(x) if to_rows is not None else x.reshape(-1, x.shape[-1])).float()  # (rows, d_in)
             gid = self.group_of.get(name)
             if gid is None:
                 gid = len(self.acc)
-                d = x.shape[-1]
+                d = flat.shape[1]
                 shape = (d,) if self.mode == "diag" else (d, d)
                 self.acc.append(torch.zeros(shape, dtype=torch.float32, device=x.device))
                 self.count.append(0)
                 self.group_of[name] = gid
-            self._seen.append((x, gid))
-            flat = x.detach().reshape(-1, x.shape[-1]).float()  # (tokens, d_in)
+            self._seen.append((inputs[0], to_rows, gid))
             if not torch.isfinite(flat).all():
                 raise NumericalError(f"non-finite calibration activations entering {name}")
             if self.mode == "diag":
@@ -214,6 +237,7 @@ def prune_sequential(
     device: torch.device | str = "cpu",
     selection: LayerSelection = LayerSelection(),
     measure_error: bool = True,
+    offload: bool | None = None,
     progress: Callable[[int, int], None] | None = None,
     on_block_output: Callable[[int, list[torch.Tensor]], None] | None = None,
 ) -> list[LayerReport]:
@@ -238,6 +262,11 @@ def prune_sequential(
         raise ValueError(f"method '{method.name}' needs calibration batches")
 
     calls = capture_inputs(model, batches, device) if batches else []
+    # Activations (and the replayed kwargs) wait on the CPU between blocks when the compute
+    # device is a GPU: only one block and one batch of activations occupy device memory.
+    offload = device.type != "cpu" if offload is None else offload
+    home = torch.device("cpu") if offload else device
+    calls = [(_to(a, home), _to(k, home)) for a, k in calls]
     use_cache = getattr(model.config, "use_cache", None)
     reports: list[LayerReport] = []
     with torch.no_grad():
@@ -247,7 +276,7 @@ def prune_sequential(
             collector = _Collector(layers, mode) if mode != "none" and layers else None
             if collector is not None:
                 for args, kwargs in calls:
-                    block(*args, **kwargs)
+                    block(*_to(args, device), **_to(kwargs, device))
                     collector.end_forward()
                 collector.remove()
             for name, lin in layers.items():
@@ -271,7 +300,7 @@ def prune_sequential(
             if calls:  # the pruned block's outputs are the next block's inputs
                 outs = []
                 for args, kwargs in calls:
-                    outs.append(_first(block(*args, **kwargs)))
+                    outs.append(_first(block(*_to(args, device), **_to(kwargs, device))).to(home))
                 if not all(torch.isfinite(o).all() for o in outs):
                     raise NumericalError(f"non-finite activations after pruned block {i}")
                 if on_block_output is not None:

@@ -36,15 +36,17 @@ def _load_suite_or_exit(path: str):
 
 
 def _hub_needed(suite) -> bool:
-    if any(m.id.startswith("hf:") for m in suite.models):
+    if any(m.id.startswith("hf:") or (m.id.startswith("timm:") and m.weights is None) for m in suite.models):
         return True
     if suite.lm_eval is not None:
         from harness.lm_eval_adapter import needs_hub
 
         if needs_hub(suite.lm_eval):
             return True
+    from harness.data import LOCAL_DATASETS
+
     datasets = {suite.calibration.dataset} | {p.dataset for p in suite.perplexity}
-    return bool(datasets - {"pydoc"})
+    return bool(datasets - set(LOCAL_DATASETS))
 
 
 def _hub_reachable(timeout: float = 2.0) -> bool:
@@ -142,11 +144,13 @@ def cmd_ls(args) -> int:
             params = ", ".join(f"{k}={v!r}" for k, v in params_dict(e.obj.Params()).items())
             table.add_row(e.name, params or "-", e.origin)
     elif args.what == "models":
-        from harness.ids import SOURCES, ZOO_NAMES
+        from harness.ids import LM_ZOO_NAMES, SOURCES, VISION_ZOO_NAMES
 
         table.add_column("model id"), table.add_column("what")
-        for z in ZOO_NAMES:
+        for z in LM_ZOO_NAMES:
             table.add_row(f"zoo:{z}", "tiny offline LM trained by sparsebench on stdlib English text")
+        for z in VISION_ZOO_NAMES:
+            table.add_row(f"zoo:{z}", "tiny offline image classifier (timm) trained by sparsebench on sklearn digits")
         for src, what in SOURCES.items():
             if src != "zoo":
                 table.add_row(f"{src}:...", what)

@@ -1,4 +1,4 @@
-"""Named datasets: calibration samplers and perplexity test streams.
+"""Named datasets: calibration samplers and perplexity test streams (images: ``harness.images``).
 
 ``pydoc`` is the zoo's held-out English text (offline, shipped snapshot). ``wikitext2`` and
 ``c4`` follow the SparseGPT/Wanda loaders (``../shared/algorithms.md`` §9): the whole test
@@ -18,7 +18,13 @@ DATASETS = {
     "pydoc": "the zoo's held-out English text from the Python stdlib (offline, shipped snapshot)",
     "wikitext2": "wikitext-2-raw-v1 via datasets: test joined with '\\n\\n'; calibration from train",
     "c4": "allenai/c4 en: calibration from train shard 0, eval on 1100 validation documents (256 x seqlen tokens)",
+    "digits": "images: scikit-learn's bundled 8x8 digits (offline); 1,297 training images for calibration, "
+              "500 held out for evals.digits",
+    "imagenet": "images: ImageNet-1k ImageFolders, calibration from train/, evals.imagenet from val/ "
+                "(the suite's root or $SPARSEBENCH_IMAGENET)",
 }
+IMAGE_DATASETS = ("digits", "imagenet")  # read by harness.images; the rest are text
+LOCAL_DATASETS = ("pydoc", *IMAGE_DATASETS)  # never fetched from the Hugging Face hub
 
 
 class DatasetUnavailable(RuntimeError):
@@ -27,6 +33,10 @@ class DatasetUnavailable(RuntimeError):
 
 def dataset_names() -> list[str]:
     return sorted(DATASETS)
+
+
+def text_dataset_names() -> list[str]:
+    return sorted(set(DATASETS) - set(IMAGE_DATASETS))
 
 
 def _hub(loader: Callable[[], Any], what: str) -> Any:

@@ -3,13 +3,15 @@
 Metric names are ``<dataset or task>/<metric>``; perplexity carries its window length,
 ``wikitext2/ppl@2048``, because numbers at different seqlen are not comparable. lm-eval
 rows (``arc_easy/acc``) come from :mod:`harness.lm_eval_adapter` and also carry
-``headline``. :func:`evaluate_all` runs every eval of a cell.
+``headline``. Image classifiers get ``digits/top1`` and ``imagenet/top1`` (fractions, with a
+binomial stderr; ``top5`` rows are not headline). :func:`evaluate_all` runs every eval of a cell.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
-from harness.spec import PerplexitySpec, RunSpec
+from harness.spec import ImageEvalSpec, PerplexitySpec, RunSpec
 
 
 def ppl_metric_name(spec: PerplexitySpec) -> str:
@@ -46,6 +48,37 @@ def evaluate_perplexity(
     return rows
 
 
+def evaluate_images(
+    model: Any,
+    data_config: dict[str, Any],
+    specs: tuple[ImageEvalSpec, ...],
+    *,
+    device: Any,
+    batch_size: int,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Top-1 and top-5 accuracy on each requested image set, through the model's data config.
+
+    Returns:
+        The metric rows and, per dataset, where the images came from and how many were used.
+    """
+    from harness import images
+
+    rows, info = [], {}
+    for spec in specs:
+        split = images.eval_split(spec.dataset, spec.root, spec.limit)
+        name = f"{spec.dataset}/top1"
+        cb = (lambda done, total, _n=name: progress(_n, done, total)) if progress else None
+        top1, top5, n = images.accuracy(model, split, data_config, device=device, batch_size=batch_size, progress=cb)
+        for measure, value, headline in (("top1", top1, True), ("top5", top5, False)):
+            if value is not None:
+                stderr = math.sqrt(value * (1 - value) / n)
+                rows.append({"name": f"{spec.dataset}/{measure}", "value": value, "stderr": stderr, "n": n,
+                             "headline": headline})
+        info[spec.dataset] = {"source": split.source, "images": n, "limit": spec.limit}
+    return rows, info
+
+
 def evaluate_all(
     model: Any,
     tokenizer: Any,
@@ -54,15 +87,17 @@ def evaluate_all(
     device: Any,
     caches: dict,
     progress: Callable[[str, int, int], None] | None = None,
+    data_config: dict[str, Any] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Every eval of ``spec`` on the (pruned) model: perplexity, then lm-eval tasks.
+    """Every eval of ``spec`` on the (pruned) model: perplexity, lm-eval tasks, image accuracy.
 
     Args:
         caches: The runner's per-suite caches; ``caches["tokens"]`` holds tokenized
             perplexity streams, ``caches["lm_eval"]`` lm-eval's task index.
+        data_config: a vision model's timm data config (its preprocessing); None for LMs.
 
     Returns:
-        The metric rows, and ``eval_info`` for the record (``{"lm_eval": ...}`` when run).
+        The metric rows, and ``eval_info`` for the record (``{"lm_eval": ...}``, ``{"images": ...}`` when run).
     """
     rows = evaluate_perplexity(
         model, tokenizer, spec.perplexity, device=device, batch_size=spec.batch_size,
@@ -81,4 +116,10 @@ def evaluate_all(
         rows += lm_rows
         if progress:
             progress("lm_eval", 1, 1)
+    if spec.image_evals:
+        if data_config is None:
+            raise ValueError("image evals need the model's data config (is this an image classifier?)")
+        image_rows, info["images"] = evaluate_images(model, data_config, spec.image_evals, device=device,
+                                                     batch_size=spec.batch_size, progress=progress)
+        rows += image_rows
     return rows, info

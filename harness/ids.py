@@ -1,11 +1,15 @@
-"""Model ids carry a source prefix: ``zoo:tiny-llama``, ``hf:facebook/opt-125m``, ``path:/models/x``.
+"""Model ids carry a source prefix: ``zoo:tiny-llama``, ``hf:facebook/opt-125m``,
+``timm:resnet50.tv_in1k``, ``path:/models/x``.
 
 One parser handles them all and rejects ambiguous input, as timm's ``parse_model_name`` does.
-Light on imports: the suite validator uses it before torch is loaded.
+Light on imports: the suite validator uses it before torch is loaded (whether a ``timm:`` name
+exists is checked by ``harness.models.timm_name_problem``, which imports timm).
 """
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 from dataclasses import dataclass
 
 from harness.registry import suggest
@@ -13,10 +17,17 @@ from harness.registry import suggest
 SOURCES = {
     "zoo": "small models the project trains itself, offline (harness ls models)",
     "hf": "Hugging Face hub id, loaded with from_pretrained",
-    "path": "a local folder written by save_pretrained (absolute, or relative to the suite)",
+    "timm": "a timm model name with an optional pretrained tag (resnet50.tv_in1k); weights from the hub "
+            "or a local file given as the model's 'weights:'",
+    "path": "a local folder (absolute, or relative to the suite): save_pretrained (LM), or a timm "
+            "checkpoint folder whose config.json names an 'architecture' (vision)",
 }
-ZOO_NAMES = ("tiny-llama", "tiny-opt")  # kept in step with harness.zoo.ZOO_MODELS (a test checks)
+LM_ZOO_NAMES = ("tiny-llama", "tiny-opt")  # kept in step with harness.zoo.ZOO_MODELS (a test checks)
+VISION_ZOO_NAMES = ("tiny-resnet", "tiny-vit")  # kept in step with harness.zoo.VISION_ZOO_MODELS
+ZOO_NAMES = LM_ZOO_NAMES + VISION_ZOO_NAMES
+KINDS = ("lm", "vision")  # causal language model, image classifier
 _HF_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*(/[A-Za-z0-9][A-Za-z0-9_.\-]*)?$")
+_TIMM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*(\.[A-Za-z0-9][A-Za-z0-9_\-]*)?$")  # arch[.tag]
 
 
 class ModelIdError(ValueError):
@@ -55,4 +66,27 @@ def parse_model_id(model_id: object) -> ModelRef:
         raise ModelIdError(f"Unknown zoo model '{name}'.{hint} Available: {', '.join('zoo:' + z for z in ZOO_NAMES)}")
     if source == "hf" and not _HF_ID.match(name):
         raise ModelIdError(f"'{name}' is not a Hugging Face model id (expected 'org/name')")
+    if source == "timm" and not _TIMM_NAME.match(name):
+        raise ModelIdError(f"'{name}' is not a timm model name (expected 'architecture' or "
+                           "'architecture.pretrained_tag', e.g. 'timm:resnet50.tv_in1k'; for a local "
+                           "timm checkpoint folder use 'path:')")
     return ModelRef(source, name)
+
+
+def model_kind(ref: ModelRef) -> str | None:
+    """``"lm"`` or ``"vision"`` for a parsed id; None for a ``path:`` folder that cannot be read here.
+
+    A ``path:`` folder is vision when its ``config.json`` names an ``architecture`` (timm's
+    format; transformers writes ``architectures``).
+    """
+    if ref.source == "zoo":
+        return "vision" if ref.name in VISION_ZOO_NAMES else "lm"
+    if ref.source == "timm":
+        return "vision"
+    if ref.source == "hf":
+        return "lm"
+    try:
+        config = json.loads((Path(ref.name) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return "vision" if isinstance(config, dict) and "architecture" in config else "lm"

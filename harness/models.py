@@ -1,4 +1,12 @@
-"""Load a model and its tokenizer from a prefixed id (``zoo:``, ``hf:``, ``path:``)."""
+"""Load a model from a prefixed id: causal LMs with their tokenizer (``zoo:``, ``hf:``, ``path:``),
+image classifiers with their data config (``zoo:tiny-resnet``, ``timm:``, ``path:`` timm folders).
+
+Pretrained timm weights come from the hub (or its local cache). Offline, or to use weights
+from elsewhere, point at local files: ``path:DIR`` for a timm checkpoint folder (``config.json``
+naming an ``architecture`` plus ``model.safetensors``, as ``huggingface-cli download
+timm/<name> --local-dir DIR`` writes), or ``{id: timm:<name>, weights: FILE}`` for a bare
+state-dict file (``.pth``/``.safetensors``), passed to timm as ``pretrained_cfg_overlay=dict(file=FILE)``.
+"""
 from __future__ import annotations
 
 import hashlib
@@ -8,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from harness.ids import ModelRef, parse_model_id
+from harness.ids import ModelRef, model_kind, parse_model_id
 from harness.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -22,9 +30,15 @@ class ModelUnavailable(RuntimeError):
 
 @dataclass
 class LoadedModel:
-    model: Any  # a transformers PreTrainedModel in eval mode, on the CPU
-    tokenizer: Any
+    model: Any  # a transformers PreTrainedModel or a timm model, in eval mode, on the CPU
+    tokenizer: Any  # None for vision models
     info: dict[str, Any] = field(default_factory=dict)  # provenance: source, path, sha256, num_params
+    data_config: dict[str, Any] | None = None  # vision: timm.data.resolve_data_config (also in info)
+
+
+def is_vision(spec: ModelSpec) -> bool:
+    """True for image classifiers (timm models), False for causal LMs."""
+    return model_kind(parse_model_id(spec.id)) == "vision"
 
 
 def resolve_dtype(name: str, source: str, device: str) -> Any:
@@ -51,8 +65,10 @@ def _unavailable(ref: ModelRef, exc: BaseException) -> ModelUnavailable:
 
 def _sha256_of_weights(folder: Path) -> str | None:
     files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
-    if not files:
-        return None
+    return _sha256_of_files(files) if files else None
+
+
+def _sha256_of_files(files: list[Path]) -> str:
     h = hashlib.sha256()
     for f in files:
         with open(f, "rb") as fh:
@@ -116,3 +132,113 @@ def load_model(
     info["num_params"] = sum(p.numel() for p in model.parameters())
     info["architecture"] = type(model).__name__
     return LoadedModel(model, tokenizer, info)
+
+
+def timm_name_problem(name: str, has_weights: bool = False) -> str | None:
+    """Why ``timm:<name>`` cannot be built with pretrained weights, or None (imports timm).
+
+    Unknown architectures and pretrained tags get did-you-mean suggestions from
+    ``timm.list_models`` / ``timm.list_pretrained`` (both offline). An architecture without
+    any pretrained weights is fine only with a ``weights:`` file.
+    """
+    import timm
+
+    from harness.registry import suggest
+
+    arch, _, tag = name.partition(".")
+    if not timm.is_model(arch):
+        close = suggest(arch, timm.list_models())
+        hint = f" Did you mean: {', '.join('timm:' + c for c in close)}?" if close else ""
+        return f"Unknown timm model '{arch}'.{hint} List them with timm.list_models('*pattern*')"
+    if has_weights:
+        return None
+    tagged = timm.list_pretrained(f"{arch}.*")
+    if tag and name not in tagged:
+        close = suggest(name, tagged)
+        hint = f" Did you mean: {', '.join('timm:' + c for c in close)}?" if close else ""
+        return (f"timm model '{arch}' has no pretrained tag '{tag}'.{hint} "
+                f"Available: {', '.join('timm:' + t for t in tagged) or '(none)'}")
+    if not tagged:
+        return (f"timm model '{arch}' has no pretrained weights in timm; give a checkpoint file as the "
+                "model's 'weights:' or use a 'path:' folder")
+    return None
+
+
+def _timm_unavailable(ref: ModelRef, exc: BaseException) -> ModelUnavailable:
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(ref.name)
+    hub_id = (cfg.hf_hub_id if cfg is not None else None) or f"timm/{ref.name}"
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    why = "the hub is unreachable (offline mode)" if offline() else f"loading failed ({type(exc).__name__}: {first})"
+    return ModelUnavailable(
+        f"model '{ref}' needs pretrained weights ({hub_id}) and {why}; download them where the hub is "
+        f"reachable (huggingface-cli download {hub_id} --local-dir DIR) and use the model id 'path:DIR', "
+        "or give a checkpoint file as the model's 'weights: FILE' (README, Vision)")
+
+
+def load_vision_model(
+    spec: ModelSpec,
+    *,
+    device: str = "cpu",
+    base_dir: Path | None = None,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> LoadedModel:
+    """Build a timm classifier for ``spec`` with pretrained weights, in eval mode on the CPU.
+
+    ``info`` records the source, the weights' path and sha256, the architecture, the number of
+    parameters and the model's own data config (``timm.data.resolve_data_config``), which
+    drives every transform applied to its images.
+
+    Raises:
+        ModelUnavailable: with one line saying what was needed and how to point at local weights.
+    """
+    import timm
+    import torch
+
+    ref = parse_model_id(spec.id)
+    dtype = torch.float32 if spec.dtype == "auto" else getattr(torch, spec.dtype)
+    info: dict[str, Any] = {"source": ref.source, "id": str(ref), "dtype": str(dtype).replace("torch.", "")}
+    kwargs: dict[str, Any] = {}
+    if ref.source == "zoo":
+        from harness import zoo
+
+        folder = zoo.ensure_vision_model(ref.name, progress=progress)
+        name = f"local-dir:{folder}"
+        info.update(path=str(folder), sha256=zoo.checkpoint_sha256(folder))
+    elif ref.source == "path":
+        folder = Path(ref.name)
+        if not folder.is_absolute() and base_dir is not None:
+            folder = base_dir / folder
+        if not (folder / "config.json").is_file():
+            raise ModelUnavailable(f"model folder '{folder}' has no config.json (expected a timm checkpoint folder)")
+        name = f"local-dir:{folder}"
+        info.update(path=str(folder), sha256=_sha256_of_weights(folder))
+    else:
+        name = ref.name
+        if problem := timm_name_problem(ref.name, has_weights=spec.weights is not None):
+            raise ModelUnavailable(problem)
+        if spec.weights is not None:
+            weights = Path(spec.weights)
+            if not weights.is_absolute() and base_dir is not None:
+                weights = base_dir / weights
+            if not weights.is_file():
+                raise ModelUnavailable(f"weights file '{weights}' for model '{ref}' does not exist")
+            kwargs["pretrained_cfg_overlay"] = {"file": str(weights)}
+            info.update(path=str(weights), sha256=_sha256_of_files([weights]))
+    try:
+        model = timm.create_model(name, pretrained=True, **kwargs)
+    except (OSError, RuntimeError, ValueError) as exc:  # hub errors are OSError/ValueError subclasses
+        if ref.source == "timm" and spec.weights is None:
+            raise _timm_unavailable(ref, exc) from exc
+        raise ModelUnavailable(f"cannot load model '{ref}' from {name}: {str(exc).strip().splitlines()[0]}") from exc
+    model.eval().to(dtype)
+    data_config = dict(timm.data.resolve_data_config(model=model))
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    info.update(
+        architecture=cfg.get("architecture") or type(model).__name__, pretrained_tag=cfg.get("tag"),
+        hf_hub_id=cfg.get("hf_hub_id") if ref.source == "timm" else None,
+        num_params=sum(p.numel() for p in model.parameters()), num_classes=getattr(model, "num_classes", None),
+        data_config={k: list(v) if isinstance(v, tuple) else v for k, v in data_config.items()},
+    )
+    return LoadedModel(model, None, info, data_config)

@@ -168,12 +168,9 @@ def run_cell(
 def _prune_and_evaluate(spec: RunSpec, record: dict, *, device: str, caches: dict, reporter: Reporter) -> None:
     import torch
 
-    from harness import data
-    from harness.calibration import prune_sequential
     from harness.evaluate import evaluate_all
     from harness.method import build_params, get_method
-    from harness.models import load_model
-    from harness.sparsity import check, measure
+    from harness.models import is_vision, load_model, load_vision_model
     from harness.target import Target
 
     cuda = device.startswith("cuda")
@@ -182,11 +179,38 @@ def _prune_and_evaluate(spec: RunSpec, record: dict, *, device: str, caches: dic
     target = Target.parse(spec.target)
     cls = get_method(spec.method)
     method = cls(build_params(cls, spec.params))
-    loaded = load_model(spec.model, device=device, progress=lambda s, n, loss: reporter.progress("zoo build", s, n))
+    vision = is_vision(spec.model)  # image classifier (timm) or causal LM
+    load = load_vision_model if vision else load_model
+    loaded = load(spec.model, device=device, progress=lambda s, n, loss: reporter.progress("zoo build", s, n))
     record["model_info"] = loaded.info
+    record["environment"] = {**record["environment"], "method_origin": cls.origin}  # plugin dist==version
     model = loaded.model
 
-    batches: list[torch.Tensor] = []
+    prune = _prune_vision if vision else _prune_lm  # each sets record["prune_time_s"]
+    reports = prune(spec, loaded, method, target, record, device=device, caches=caches, reporter=reporter)
+    _record_sparsity(record, model, reports, method, target)
+
+    model.to(device)
+    record["metrics"], record["eval_info"] = evaluate_all(
+        model, loaded.tokenizer, spec, device=device, caches=caches,
+        progress=lambda n, d, t: reporter.progress(f"eval {n}", d, t), data_config=loaded.data_config,
+    )
+    for row in record["metrics"]:
+        if row["value"] != row["value"] or row["value"] in (float("inf"), float("-inf")):
+            raise ValueError(f"{row['name']} is not finite ({row['value']}): the pruned model diverged")
+    if cuda:
+        record["peak_cuda_bytes"] = int(torch.cuda.max_memory_allocated())
+    record["status"] = "ok"
+    model.to("cpu")
+
+
+def _prune_lm(spec: RunSpec, loaded: Any, method: Any, target: Any, record: dict, *, device: str, caches: dict,
+              reporter: Reporter) -> list:
+    """Calibration token windows (cached per suite) and the layer-sequential driver."""
+    from harness import data
+    from harness.calibration import prune_sequential
+
+    batches: list = []
     if method.modifies_weights:
         cal = spec.calibration
         key = (spec.model.id, cal.dataset, cal.n_samples, cal.seqlen, cal.seed)
@@ -196,13 +220,45 @@ def _prune_and_evaluate(spec: RunSpec, record: dict, *, device: str, caches: dic
             )
         tokens = caches["calibration"][key]  # (n_samples, seqlen)
         batches = list(tokens.split(spec.batch_size))
-
     t0 = time.perf_counter()
     reports = prune_sequential(
-        model, batches, method, target, device=device, selection=spec.layers,
+        loaded.model, batches, method, target, device=device, selection=spec.layers,
         progress=lambda d, n: reporter.progress("prune", d, n),
     )
     record["prune_time_s"] = time.perf_counter() - t0
+    return reports
+
+
+def _prune_vision(spec: RunSpec, loaded: Any, method: Any, target: Any, record: dict, *, device: str, caches: dict,
+                  reporter: Reporter) -> list:
+    """Calibration images (drawn once per model and suite) and the vision driver; BN re-estimation recorded."""
+    from harness import images
+    from harness.vision import STRATEGY, prune_vision
+
+    cal = spec.calibration
+    stream = None
+    if method.modifies_weights:  # magnitude too: BatchNorm re-estimation needs the images
+        key = ("images", spec.model.id, spec.model.weights, cal.dataset, cal.n_samples, cal.seed,
+               cal.augment_rounds, cal.root)
+        if key not in caches["calibration"]:
+            caches["calibration"][key] = images.calibration_stream(
+                cal.dataset, loaded.data_config, cal.n_samples, cal.seed, cal.augment_rounds or 0, cal.root)
+        stream = caches["calibration"][key]
+    t0 = time.perf_counter()
+    result = prune_vision(
+        loaded.model, stream.batches if stream is not None else None, method, target, device=device,
+        selection=spec.layers, batch_size=spec.batch_size, bn_recalibration=cal.bn_recalibration,
+        progress=lambda d, n: reporter.progress("prune", d, n),
+    )
+    record["prune_time_s"] = time.perf_counter() - t0  # statistics, pruning and BatchNorm re-estimation
+    record["prune_info"] = {"strategy": STRATEGY, "calibration_images": result.calibration_images,
+                            "skipped_layers": result.skipped, "bn_recalibration": result.bn_recalibration}
+    return result.reports
+
+
+def _record_sparsity(record: dict, model: Any, reports: list, method: Any, target: Any) -> None:
+    """Measure every pruned layer (conv weights flattened to rows) and fail on an out-of-tolerance one."""
+    from harness.sparsity import check, measure
 
     problems, zeros, numel, nm_all = [], 0, 0, True
     for rep in reports:
@@ -227,16 +283,3 @@ def _prune_and_evaluate(spec: RunSpec, record: dict, *, device: str, caches: dic
     if problems:
         more = f" (and {len(problems) - 1} more layers)" if len(problems) > 1 else ""
         raise ValueError(f"measured sparsity out of tolerance: {problems[0]}{more}")
-
-    model.to(device)
-    record["metrics"], record["eval_info"] = evaluate_all(
-        model, loaded.tokenizer, spec, device=device, caches=caches,
-        progress=lambda n, d, t: reporter.progress(f"eval {n}", d, t),
-    )
-    for row in record["metrics"]:
-        if row["value"] != row["value"] or row["value"] in (float("inf"), float("-inf")):
-            raise ValueError(f"{row['name']} is not finite ({row['value']}): the pruned model diverged")
-    if cuda:
-        record["peak_cuda_bytes"] = int(torch.cuda.max_memory_allocated())
-    record["status"] = "ok"
-    model.to("cpu")

@@ -15,20 +15,52 @@ SPEC_VERSION = 1
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A model to prune. ``id`` carries a source prefix: ``zoo:``, ``hf:`` or ``path:``."""
+    """A model to prune. ``id`` carries a source prefix: ``zoo:``, ``hf:``, ``timm:`` or ``path:``."""
 
     id: str
-    dtype: str = "auto"  # "auto" = float32 on CPU, float16 on CUDA for hf:, float32 for zoo:
+    dtype: str = "auto"  # "auto" = float32 on CPU, float16 on CUDA for hf:, float32 for zoo: and vision
     revision: str | None = None  # hf: git revision / tag
     trust_remote_code: bool = False
+    weights: str | None = None  # timm: a local checkpoint file instead of the hub's (in the run id when set)
+
+    def identity(self) -> dict[str, Any]:
+        d = asdict(self)
+        if d["weights"] is None:  # absent unless set, so the run ids of earlier suites stay as they were
+            del d["weights"]
+        return d
 
 
 @dataclass(frozen=True)
 class CalibrationSpec:
+    """Calibration data. Text datasets use ``seqlen``; image datasets (digits, imagenet) use
+    ``augment_rounds``, ``bn_recalibration`` and ``root`` and have ``seqlen`` None."""
+
     dataset: str = "pydoc"
     n_samples: int = 128
-    seqlen: int = 2048
+    seqlen: int | None = 2048  # tokens per window (text); None for images
     seed: int = 0
+    augment_rounds: int | None = None  # images: 0 = each image once, plain; R = R augmented copies (OBC: 10)
+    bn_recalibration: bool | None = None  # images: re-estimate BatchNorm after pruning; None = if the model has BN
+    root: str | None = None  # imagenet: the train/ ImageFolder; None = $SPARSEBENCH_IMAGENET/train
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that change results: ``root`` is where the files are, not which; unset image
+        fields are left out, so text calibration keeps its earlier run ids."""
+        d = asdict(self)
+        del d["root"]
+        return {k: v for k, v in d.items() if v is not None or k in ("dataset", "n_samples", "seed")}
+
+
+@dataclass(frozen=True)
+class ImageEvalSpec:
+    """Top-1/top-5 accuracy on labelled images (``harness.images.eval_split``)."""
+
+    dataset: str  # "digits" (the zoo's held-out split) or "imagenet" (the val/ ImageFolder)
+    limit: int | None = None  # evenly spaced subset of this many images; set = not publishable
+    root: str | None = None  # imagenet: the val/ ImageFolder; None = $SPARSEBENCH_IMAGENET/val (not identity)
+
+    def identity(self) -> dict[str, Any]:
+        return {"dataset": self.dataset, "limit": self.limit}
 
 
 @dataclass(frozen=True)
@@ -94,20 +126,26 @@ class RunSpec:
     batch_size: int = 8  # calibration and eval batch size (does not change results)
     version: int = SPEC_VERSION
     lm_eval: LmEvalSpec | None = None  # zero-shot tasks; None = no lm-eval
+    image_evals: tuple[ImageEvalSpec, ...] = ()  # vision: top-1/top-5 on digits or imagenet
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("batch_size")  # execution detail, not part of the identity
-        # Only present when set, so the run ids of suites without lm-eval stay as they were.
+        # Only present when set, so the run ids of suites without lm-eval or images stay as they were.
         d.pop("lm_eval")
         if self.lm_eval is not None:
             d["lm_eval"] = self.lm_eval.identity()
+        d.pop("image_evals")
+        if self.image_evals:
+            d["image_evals"] = [e.identity() for e in self.image_evals]
+        d["model"] = self.model.identity()
+        d["calibration"] = self.calibration.identity()
         return d
 
     @property
     def publishable(self) -> bool:
-        """False for trial runs whose numbers must not reach the leaderboard (lm-eval ``limit``)."""
-        return self.lm_eval is None or self.lm_eval.publishable
+        """False for trial runs whose numbers must not reach the leaderboard (an eval ``limit``)."""
+        return (self.lm_eval is None or self.lm_eval.publishable) and all(e.limit is None for e in self.image_evals)
 
     def canonical_json(self) -> str:
         return canonical_json(self.to_dict())
@@ -128,13 +166,14 @@ class RunSpec:
             method=d["method"],
             params=dict(d["params"]),
             target=d["target"],
-            calibration=CalibrationSpec(**d["calibration"]),
+            calibration=CalibrationSpec(**{"seqlen": None, **d["calibration"]}),
             perplexity=tuple(PerplexitySpec(**p) for p in d.get("perplexity", ())),
             layers=LayerSelection(**{k: tuple(v) for k, v in d.get("layers", {}).items()}),
             seed=d.get("seed", 0),
             batch_size=batch_size,
             version=d.get("version", SPEC_VERSION),
             lm_eval=LmEvalSpec.from_dict(d["lm_eval"]) if d.get("lm_eval") else None,
+            image_evals=tuple(ImageEvalSpec(**e) for e in d.get("image_evals", ())),
         )
 
 

@@ -9,7 +9,10 @@ collect-then-raise), so a user fixes a suite in one pass. Each problem is one li
 
 Problems about the whole file (unreadable, larger than 1 MiB, binary, empty) have no line:
 ``suites/x.yaml: binary file ...``. This module imports no torch, so ``harness validate`` is
-fast; note that resolving method names imports the ``methods`` package.
+fast; note that resolving method names imports the ``methods`` package, and that ``timm:``
+model names are checked against timm's registry, which imports timm (and torch) for the suites
+that name one. Image-classifier rules live in :mod:`harness._suite_vision`; what only the
+running machine can know (an ImageNet folder) is a warning, logged and kept in ``Suite.warnings``.
 
 Seeds: the top-level ``seeds`` list makes one cell per seed, and a cell's seed is also its
 calibration seed. ``calibration.seed`` is accepted as the single seed when ``seeds`` is absent;
@@ -17,6 +20,7 @@ giving both is an error, because one of them would be silently ignored.
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
@@ -24,14 +28,17 @@ from dataclasses import dataclass, field, fields, replace
 from functools import partial
 from typing import Any, Callable, Iterable
 
+from harness import _suite_vision
 from harness._yaml import LineDict, LineList, YamlError, load_file
-from harness.data import dataset_names
+from harness.data import dataset_names, text_dataset_names
 from harness.ids import ModelIdError, parse_model_id
 from harness.method import ParamsError, build_params, get_method, params_dict
 from harness.registry import UnknownNameError, suggest, unknown_message
-from harness.spec import (CalibrationSpec, LayerSelection, LmEvalSpec, ModelSpec, PerplexitySpec, RunSpec,
-                          canonical_json)
+from harness.spec import (CalibrationSpec, ImageEvalSpec, LayerSelection, LmEvalSpec, ModelSpec, PerplexitySpec,
+                          RunSpec, canonical_json)
 from harness.target import Target, TargetError
+
+log = logging.getLogger(__name__)
 
 DENSE = "dense"  # the baseline method: one cell per model and seed, target "0"
 DTYPES = ("auto", "float32", "float16", "bfloat16")
@@ -81,6 +88,8 @@ class Suite:
     seeds: tuple[int, ...] = (0,)
     batch_size: int = 8
     lm_eval: LmEvalSpec | None = None
+    image_evals: tuple[ImageEvalSpec, ...] = ()
+    warnings: tuple[str, ...] = ()  # file:line lines about things only the running machine can know
 
 
 def _got(value: Any) -> str:
@@ -116,9 +125,13 @@ class _Checker:
     def __init__(self, file: str) -> None:
         self.file = file
         self.problems: list[Problem] = []
+        self.warnings: list[Problem] = []
 
     def err(self, line: int | None, path: str, message: str) -> None:
         self.problems.append(Problem(self.file, line, path, message))
+
+    def warn(self, line: int | None, path: str, message: str) -> None:
+        self.warnings.append(Problem(self.file, line, path, message))
 
     def record(self, value: Any, path: str, line: int, schema: dict[str, Check], required: Iterable[str] = (),
                expected: str = "") -> dict[str, Any] | None:
@@ -225,6 +238,7 @@ _MODEL: dict[str, Check] = {
     "dtype": lambda ck, v, p, ln: ck.choice(v, p, ln, list(DTYPES), "dtype"),
     "revision": _str,
     "trust_remote_code": _bool,
+    "weights": _str,
 }
 
 
@@ -238,7 +252,21 @@ def _model(ck: _Checker, item: Any, path: str, line: int, base_dir: str) -> Mode
             return None
         id_path, id_line = f"{path}.id", item.key_lines["id"]
     model_id = _model_id(ck, raw["id"], id_path, id_line, base_dir)
-    return None if model_id is None else ModelSpec(**{**raw, "id": model_id})
+    if model_id is None:
+        return None
+    if "weights" in raw:
+        if not model_id.startswith("timm:"):
+            ck.err(item.key_lines["weights"], f"{path}.weights", "'weights' is for timm: models (a checkpoint "
+                   "file instead of the hub's); other sources name their folder in the id")
+            return None
+        raw["weights"] = _suite_vision.resolve_path(raw["weights"], base_dir)
+    if model_id.startswith("timm:"):  # imports timm, only for suites that name timm models
+        from harness.models import timm_name_problem
+
+        if why := timm_name_problem(model_id[len("timm:"):], has_weights="weights" in raw):
+            ck.err(id_line, id_path, why)
+            return None
+    return ModelSpec(**{**raw, "id": model_id})
 
 
 def _method(ck: _Checker, item: Any, path: str, line: int) -> tuple[str, dict[str, Any]] | None:
@@ -296,15 +324,22 @@ def _regex(ck: _Checker, value: Any, path: str, line: int) -> Any:
     return value
 
 
-def _calibration(ck: _Checker, value: Any, path: str, line: int) -> CalibrationSpec | None:
-    schema = {"dataset": _dataset, "n_samples": _int(1), "seqlen": _int(1), "seed": _int(0)}
+def _calibration(ck: _Checker, value: Any, path: str, line: int, base_dir: str) -> CalibrationSpec | None:
+    schema = {"dataset": _dataset, "n_samples": _int(1), "seqlen": _int(1), "seed": _int(0),
+              "augment_rounds": _int(0), "bn_recalibration": _bool, "root": _str}
+    before = len(ck.problems)
     rec = ck.record(value, path, line, schema)
-    return None if rec is None else CalibrationSpec(**rec)
+    image = _suite_vision.calibration_keys(ck, value, path, base_dir) if isinstance(value, LineDict) else {}
+    return None if rec is None or len(ck.problems) > before else CalibrationSpec(**{**rec, **image})
+
+
+def _text_dataset(ck: _Checker, value: Any, path: str, line: int) -> Any:
+    return ck.choice(value, path, line, text_dataset_names(), "dataset")  # perplexity: text only
 
 
 def _perplexity(ck: _Checker, value: Any, path: str, line: int) -> tuple[PerplexitySpec, ...]:
     def item(ck: _Checker, value: Any, path: str, line: int) -> PerplexitySpec | None:
-        schema = {"dataset": _dataset, "seqlen": _int(1), "max_windows": _int(1)}
+        schema = {"dataset": _text_dataset, "seqlen": _int(1), "max_windows": _int(1)}
         rec = ck.record(value, path, line, schema, ("dataset", "seqlen"))
         return None if rec is None else PerplexitySpec(**rec)
 
@@ -363,8 +398,11 @@ def _lm_eval(ck: _Checker, value: Any, path: str, line: int) -> LmEvalSpec | Non
         batch_size=rec.get("batch_size", 16), allow_unknown_tasks=allow)
 
 
-# One check per evals key: adding lm_eval or imagenet is one function and one entry here.
-_EVALS: dict[str, Check] = {"perplexity": _perplexity, "lm_eval": _lm_eval}
+def _evals(base_dir: str) -> dict[str, Check]:
+    """One check per evals key: adding one is a function and an entry here (paths resolve against ``base_dir``)."""
+    return {"perplexity": _perplexity, "lm_eval": _lm_eval,
+            "digits": _suite_vision.image_eval("digits", base_dir),
+            "imagenet": _suite_vision.image_eval("imagenet", base_dir)}
 
 
 def _layers(ck: _Checker, value: Any, path: str, line: int) -> LayerSelection | None:
@@ -384,8 +422,8 @@ def _parse(ck: _Checker, path: str, text: str, data: Any, line: int) -> Suite | 
         "methods": lambda ck, v, p, ln: ck.items(v, p, ln, "method", _method,
                                                  key=lambda m: (m[0], canonical_json(m[1]))),
         "targets": lambda ck, v, p, ln: ck.items(v, p, ln, "target", _target, allow_empty=True),
-        "calibration": _calibration,
-        "evals": lambda ck, v, p, ln: ck.record(v, p, ln, _EVALS),
+        "calibration": partial(_calibration, base_dir=base_dir),
+        "evals": lambda ck, v, p, ln: ck.record(v, p, ln, _evals(base_dir)),
         "layers": _layers,
         "seeds": lambda ck, v, p, ln: ck.items(v, p, ln, "integer seed", _int(0)),
         "batch_size": _int(1),
@@ -408,16 +446,20 @@ def _parse(ck: _Checker, path: str, text: str, data: Any, line: int) -> Suite | 
     if "seeds" in data and isinstance(calibration, dict) and "seed" in calibration:
         ck.err(calibration.key_lines["seed"], "calibration.seed",
                "give seeds once, in the top-level 'seeds' list (each is a cell and its calibration seed)")
+    _suite_vision.kind_rules(ck, data, dense_only=all(name == DENSE for name in names))
     if top is None or ck.problems:
         return None
 
     calibration = top.get("calibration", CalibrationSpec())
+    evals = top.get("evals", {})
+    image_evals = tuple(evals[k] for k in ("digits", "imagenet") if k in evals)
     return Suite(
         path=path, name=top["name"], description=top.get("description", ""), text=text,
         models=tuple(top["models"]), methods=tuple(top["methods"]), targets=tuple(top.get("targets", ())),
         calibration=calibration, perplexity=tuple(top.get("evals", {}).get("perplexity", ())),
         layers=top.get("layers", LayerSelection()), seeds=tuple(top.get("seeds", (calibration.seed,))),
-        batch_size=top.get("batch_size", 8), lm_eval=top.get("evals", {}).get("lm_eval"))
+        batch_size=top.get("batch_size", 8), lm_eval=evals.get("lm_eval"), image_evals=image_evals,
+        warnings=tuple(str(w) for w in ck.warnings))
 
 
 def load_suite(path: str | os.PathLike[str]) -> Suite:
@@ -442,6 +484,8 @@ def load_suite(path: str | os.PathLike[str]) -> Suite:
     suite = _parse(ck, file, doc.text, doc.data, doc.line)
     if suite is None:
         raise SuiteError(ck.problems)
+    for warning in suite.warnings:
+        log.warning("%s", warning)
     return suite
 
 
@@ -460,6 +504,7 @@ def expand(suite: Suite) -> list[RunSpec]:
                     spec = RunSpec(
                         suite=suite.name, model=model, method=name, params=dict(params), target=target,
                         calibration=replace(suite.calibration, seed=seed), perplexity=suite.perplexity,
-                        layers=suite.layers, seed=seed, batch_size=suite.batch_size, lm_eval=suite.lm_eval)
+                        layers=suite.layers, seed=seed, batch_size=suite.batch_size, lm_eval=suite.lm_eval,
+                        image_evals=suite.image_evals)
                     cells.setdefault(spec.run_id, spec)
     return list(cells.values())

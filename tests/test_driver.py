@@ -106,3 +106,23 @@ def test_nonfinite_activations_fail_loudly():
         model.model.layers[0].mlp.up_proj.weight[0, 0] = float("nan")
     with pytest.raises(NumericalError):
         prune_sequential(model, batches(), method("sparsegpt"), Target(0.5))
+
+
+def test_offloaded_activations_give_the_same_pruned_model():
+    a, b = tiny_model("llama"), tiny_model("llama")
+    prune_sequential(a, batches(), method("sparsegpt"), Target(0.5), offload=False)
+    prune_sequential(b, batches(), method("sparsegpt"), Target(0.5), offload=True)
+    for (na, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters()):
+        assert torch.equal(pa, pb), na
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("family", FAMILIES)
+def test_driver_on_gpu_matches_cpu(family):
+    cpu, gpu = tiny_model(family), tiny_model(family)
+    prune_sequential(cpu, batches(), method("sparsegpt"), Target(0.5), device="cpu")
+    prune_sequential(gpu, batches(), method("sparsegpt"), Target(0.5), device="cuda")
+    assert next(gpu.parameters()).device.type == "cpu"  # blocks go back to the CPU
+    for (n, pc), (_, pg) in zip(cpu.named_parameters(), gpu.named_parameters()):
+        assert torch.equal(pc == 0, pg == 0) or (pc != pg).float().mean() < 0.01, n

@@ -1,0 +1,124 @@
+"""Suite checks for image classifiers, used by :mod:`harness.suite` (kept apart to keep it small).
+
+- ``evals.digits: {limit}`` and ``evals.imagenet: {root, limit}``;
+- the calibration keys that only images have (``augment_rounds``, ``bn_recalibration``, ``root``)
+  and the one only text has (``seqlen``);
+- rules across keys: a suite holds language models or image classifiers, never both, and its
+  calibration dataset and evals must suit them.
+
+Whether an ImageNet folder exists is only known where the suite runs (a cluster may mount it
+there), so a missing folder is a warning here and a one-line failure of the cell at run time.
+Every function takes the suite's ``_Checker`` as ``ck`` (duck-typed, to avoid a circular import).
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+from harness._yaml import LineDict
+from harness.data import IMAGE_DATASETS, dataset_names
+from harness.ids import ModelIdError, model_kind, parse_model_id
+from harness.images import DIGITS_TEST, IMAGENET_ENV
+from harness.spec import ImageEvalSpec
+
+DIGITS_TRAIN = 1797 - DIGITS_TEST  # calibration images available in the digits training split
+IMAGE_ONLY_KEYS = ("augment_rounds", "bn_recalibration", "root")
+
+
+def resolve_path(value: str, base_dir: str) -> str:
+    """A path from the suite, relative to the suite's folder unless absolute (like ``path:`` ids)."""
+    return value if os.path.isabs(value) else os.path.normpath(os.path.join(os.path.abspath(base_dir), value))
+
+
+def _folder_warning(ck: Any, line: int, path: str, root: str | None, split: str) -> None:
+    if root is None and not os.environ.get(IMAGENET_ENV):
+        ck.warn(line, path, f"no root given and {IMAGENET_ENV} is not set here; the cells fail unless it is "
+                            f"set where the suite runs (the ImageNet folder holding train/ and val/)")
+    else:
+        folder = root if root is not None else os.path.join(os.environ[IMAGENET_ENV], split)
+        if not os.path.isdir(folder):
+            ck.warn(line, path, f"folder '{folder}' does not exist here; the cells fail unless it exists "
+                                "where the suite runs")
+
+
+def image_eval(dataset: str, base_dir: str) -> Callable[[Any, Any, str, int], ImageEvalSpec | None]:
+    """The check of ``evals.<dataset>``: ``{limit}`` (plus ``root`` for imagenet); null means ``{}``."""
+
+    def check(ck: Any, value: Any, path: str, line: int) -> ImageEvalSpec | None:
+        if value is None:
+            return ImageEvalSpec(dataset)
+        schema: dict[str, Any] = {"limit": lambda ck, v, p, ln: None if v is None else ck.integer(v, p, ln, 1)}
+        if dataset == "imagenet":
+            schema["root"] = lambda ck, v, p, ln: ck.string(v, p, ln)
+        rec = ck.record(value, path, line, schema)
+        if rec is None:
+            return None
+        root = resolve_path(rec["root"], base_dir) if rec.get("root") else None
+        if dataset == "imagenet":
+            _folder_warning(ck, value.key_lines.get("root", line), path, root, "val")
+        return ImageEvalSpec(dataset, rec.get("limit"), root)
+
+    return check
+
+
+def calibration_keys(ck: Any, value: LineDict, path: str, base_dir: str) -> dict[str, Any]:
+    """Judge the keys that belong to one kind of dataset; return the image fields (or {} for text).
+
+    Images: ``seqlen`` is refused, ``augment_rounds`` defaults to 0, ``root`` is resolved
+    against the suite's folder; text: the image-only keys are refused.
+    """
+    dataset = value.get("dataset", "pydoc")
+    if dataset not in dataset_names():
+        return {}
+    if dataset not in IMAGE_DATASETS:
+        for key in IMAGE_ONLY_KEYS:
+            if key in value:
+                ck.err(value.key_lines[key], f"{path}.{key}", f"'{key}' is for image datasets "
+                       f"({', '.join(IMAGE_DATASETS)}); '{dataset}' is text")
+        return {}
+    if "seqlen" in value:
+        ck.err(value.key_lines["seqlen"], f"{path}.seqlen", f"'seqlen' is for text datasets; '{dataset}' is images")
+    if dataset == "digits" and isinstance(value.get("n_samples"), int) and value["n_samples"] > DIGITS_TRAIN:
+        ck.err(value.key_lines["n_samples"], f"{path}.n_samples",
+               f"digits has {DIGITS_TRAIN} training images; n_samples must be at most that")
+    if "root" in value and dataset != "imagenet":
+        ck.err(value.key_lines["root"], f"{path}.root", f"'root' is for imagenet; '{dataset}' ships with scikit-learn")
+    root = resolve_path(value["root"], base_dir) if isinstance(value.get("root"), str) else None
+    if dataset == "imagenet":
+        _folder_warning(ck, value.key_lines.get("root", value.line), path, root, "train")
+    return {"seqlen": None, "augment_rounds": value.get("augment_rounds", 0), "root": root}
+
+
+def kind_rules(ck: Any, data: LineDict, dense_only: bool) -> None:
+    """Rules across keys for the kinds of models: one kind per suite, matching calibration and evals."""
+    models = data.get("models") if isinstance(data.get("models"), list) else []
+    kinds: dict[str, tuple[int, str]] = {}  # kind -> (line, id) of its first model
+    for i, item in enumerate(models):
+        raw = item.get("id") if isinstance(item, dict) else item
+        try:
+            kind = model_kind(parse_model_id(raw))
+        except ModelIdError:
+            continue  # reported by the model check
+        if kind is not None:
+            kinds.setdefault(kind, (models.item_lines[i], str(raw)))
+    if len(kinds) > 1:
+        (line, lm), (_, vision) = kinds["lm"], kinds["vision"]
+        ck.err(line, "models", f"a suite holds language models or image classifiers, not both ({lm} and {vision}); "
+                               "split it into two suites")
+        return
+    if not kinds:
+        return
+    kind, (_, first) = next(iter(kinds.items()))
+    calibration = data.get("calibration")
+    dataset = calibration.get("dataset", "pydoc") if isinstance(calibration, dict) else "pydoc"
+    if dataset in dataset_names() and (dataset in IMAGE_DATASETS) != (kind == "vision") and not dense_only:
+        where = calibration.key_lines.get("dataset", calibration.line) if isinstance(calibration, LineDict) else data.line
+        want = ", ".join(IMAGE_DATASETS) if kind == "vision" else "a text dataset (pydoc, wikitext2, c4)"
+        what = "an image classifier" if kind == "vision" else "a language model"
+        ck.err(where, "calibration.dataset", f"'{dataset}' does not suit {first}, {what}; use {want}")
+    evals = data.get("evals") if isinstance(data.get("evals"), LineDict) else {}
+    for key in evals:
+        image_eval_key = key in IMAGE_DATASETS
+        if key in ("perplexity", "lm_eval", *IMAGE_DATASETS) and image_eval_key != (kind == "vision"):
+            what = "an image classifier" if kind == "vision" else "a language model"
+            ck.err(evals.key_lines[key], f"evals.{key}", f"'{key}' does not suit {first}, {what}")

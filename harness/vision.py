@@ -1,0 +1,321 @@
+"""The vision driver: prune the Conv2d and Linear layers of a timm classifier, then re-estimate BatchNorm.
+
+Design: **all statistics come from the dense model in one pass** (OBC's protocol,
+``../shared/algorithms.md`` §5), then every layer is pruned from its own statistics.
+
+- It is the reference protocol for the vision results we compare against (OBC collects every
+  Hessian with hooks on the dense model), so one-shot vision numbers stay comparable.
+- It is generic: one forward of the whole model per calibration batch, with no assumption
+  about where stages begin and end. timm's ``forward_features`` holds arbitrary glue between
+  stages (class tokens, position embeddings, pooling), so a stage-sequential driver would
+  need per-family code, the thing ``harness.calibration`` exists to avoid.
+- It is the cheap one: calibration images pass through the model once (OBC uses 10 augmented
+  rounds of 1,024 images; a stage-sequential driver would pay one pass per stage), and the
+  error that one-pass pruning leaves in the activation statistics is largely what BatchNorm
+  re-estimation repairs afterwards.
+- Cost: every Hessian is held at once, sum of d_in^2 float32 (ResNet-50: about 0.8 GB,
+  ViT-B/16: about 0.5 GB), on the compute device.
+
+Statistics reuse :class:`harness.calibration._Collector`: a Conv2d's input is unfolded into
+the patch rows its (C_out, C_in*k_h*k_w) weight multiplies (``torch.nn.functional.unfold``
+with the conv's kernel, stride, padding and dilation), so H = X^T X / n over patches and
+every method sees an ordinary matrix; N:M groups run along that flattened input dimension
+(C_in major, then k_h, k_w). Grouped and depthwise convolutions, and convolutions whose
+forward changes the weight (weight standardization), are skipped with a logged note.
+
+By default the stem (``pretrained_cfg["first_conv"]``) and the classifier
+(``pretrained_cfg["classifier"]``) stay dense; the suite's ``layers.targets`` regexes, when
+given, choose the layers instead (stem and head included if they match), and
+``layers.ignore`` removes layers from either set.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from harness.calibration import LayerReport, NumericalError, _Collector, relative_error
+from harness.method import PruningMethod
+from harness.spec import LayerSelection
+from harness.target import Target
+
+log = logging.getLogger(__name__)
+
+BN_BATCH = 64  # images per BatchNorm re-estimation batch: part of the protocol, not an execution detail
+STRATEGY = "one pass: every layer's statistics from the dense model (OBC protocol), then prune each layer"
+Batches = Callable[[int], Iterable[torch.Tensor]]  # batch size -> calibration batches (b, C, H, W)
+
+
+@dataclass
+class VisionPruneResult:
+    reports: list[LayerReport]
+    skipped: list[dict[str, str]] = field(default_factory=list)  # {"name", "reason"} per left-out layer
+    bn_recalibration: dict[str, Any] = field(default_factory=dict)  # what re-estimation did, for the record
+    calibration_images: int = 0
+
+
+def _names(value: Any) -> tuple[str, ...]:
+    if not value:
+        return ()
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
+def stem_and_head(model: nn.Module) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Module names of the stem conv(s) and classifier(s), from timm's ``pretrained_cfg``.
+
+    Falls back to the first Conv2d and to ``model.get_classifier()`` when the config lacks them.
+    """
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    modules = dict(model.named_modules())
+    stem = tuple(n for n in _names(cfg.get("first_conv")) if n in modules)
+    head = tuple(n for n in _names(cfg.get("classifier")) if n in modules)
+    if not stem:
+        stem = next(((n,) for n, m in modules.items() if isinstance(m, nn.Conv2d)), ())
+    if not head and hasattr(model, "get_classifier"):
+        clf = model.get_classifier()
+        head = tuple(n for n, m in modules.items() if m is clf and n)
+    # a classifier given as a container (e.g. "head" holding "head.fc"): everything inside it
+    head = tuple(n for n in modules if any(n == h or n.startswith(h + ".") for h in head))
+    stem = tuple(n for n in modules if any(n == s or n.startswith(s + ".") for s in stem))
+    return stem, head
+
+
+def _plain_conv(conv: nn.Conv2d) -> bool:
+    """A conv whose forward is F.conv2d of its own weight (so patch rows x weight reproduce it)."""
+    from timm.layers import Conv2dSame
+
+    return type(conv).forward is nn.Conv2d.forward or isinstance(conv, Conv2dSame)
+
+
+def select_layers(model: nn.Module, selection: LayerSelection = LayerSelection()
+                  ) -> tuple[dict[str, nn.Module], list[dict[str, str]]]:
+    """The prunable layers (name -> Conv2d or Linear, in module order) and the skipped ones with reasons."""
+    stem, head = stem_and_head(model)
+    layers: dict[str, nn.Module] = {}
+    skipped: list[dict[str, str]] = []
+    for name, mod in model.named_modules():
+        if not isinstance(mod, (nn.Conv2d, nn.Linear)):
+            continue
+        if selection.targets:
+            if not any(re.search(p, name) for p in selection.targets):
+                continue
+        elif name in stem or name in head:
+            skipped.append({"name": name, "reason": ("stem" if name in stem else "classifier") + " (dense by default)"})
+            continue
+        if any(re.search(p, name) for p in selection.ignore):
+            continue
+        if isinstance(mod, nn.Conv2d) and mod.groups != 1:
+            skipped.append({"name": name, "reason": f"grouped or depthwise conv (groups={mod.groups})"})
+            continue
+        if isinstance(mod, nn.Conv2d) and not _plain_conv(mod):
+            skipped.append({"name": name, "reason": f"{type(mod).__name__} transforms its weight in forward"})
+            continue
+        layers[name] = mod
+    for s in skipped:
+        if not s["reason"].endswith("(dense by default)"):
+            log.info("not pruning %s: %s", s["name"], s["reason"])
+    return layers, skipped
+
+
+def conv_rows(conv: nn.Conv2d) -> Callable[[torch.Tensor], torch.Tensor]:
+    """im2col for ``conv``: x (N, C_in, H, W) -> (N*L, C_in*k_h*k_w), one row per output position.
+
+    Rows are in the order of ``conv.weight.reshape(C_out, -1)``, so that
+    ``conv(x) == rows @ W_flat.T + b`` (reshaped). Handles zero, reflect/replicate/circular
+    and string ('same', 'valid') padding, and timm's ``Conv2dSame`` (padding computed per input).
+    """
+    from timm.layers import Conv2dSame
+    from timm.layers.padding import pad_same
+
+    kernel, stride, dilation = conv.kernel_size, conv.stride, conv.dilation
+    pad: tuple[int, ...] | None = None  # explicit (left, right, top, bottom) applied before unfold
+    unfold_padding: tuple[int, int] | int = 0
+    if isinstance(conv.padding, str):
+        if conv.padding == "same":  # torch puts the odd pixel on the right/bottom
+            total = [d * (k - 1) for d, k in zip(dilation, kernel)]
+            pad = (total[1] // 2, total[1] - total[1] // 2, total[0] // 2, total[0] - total[0] // 2)
+    elif conv.padding_mode != "zeros":
+        ph, pw = conv.padding
+        pad = (pw, pw, ph, ph)
+    else:
+        unfold_padding = tuple(conv.padding)
+    same = isinstance(conv, Conv2dSame)
+    mode = "constant" if conv.padding_mode == "zeros" else conv.padding_mode
+
+    def rows(x: torch.Tensor) -> torch.Tensor:
+        if same:
+            x = pad_same(x, kernel, stride, dilation)
+        elif pad is not None:
+            x = F.pad(x, pad, mode=mode)
+        cols = F.unfold(x, kernel, dilation=dilation, padding=unfold_padding, stride=stride)  # (N, d_in, L)
+        return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+
+    return rows
+
+
+def _row_functions(layers: dict[str, nn.Module]) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+    """One im2col function per conv geometry, shared so that equal convs on one input share a Hessian."""
+    by_geometry: dict[tuple, Callable] = {}
+    out = {}
+    for name, mod in layers.items():
+        if isinstance(mod, nn.Conv2d):
+            key = (type(mod), mod.kernel_size, mod.stride, mod.padding, mod.dilation, mod.padding_mode)
+            out[name] = by_geometry.setdefault(key, conv_rows(mod))
+    return out
+
+
+def block_index(names: Iterable[str]) -> dict[str, int]:
+    """Group layers into blocks for reports: the name up to its first numeric part (``layer2.1``, ``blocks.3``)."""
+    units: dict[str, int] = {}
+    out = {}
+    for name in names:
+        parts = name.split(".")
+        cut = next((i for i, p in enumerate(parts) if p.isdigit()), 0)
+        out[name] = units.setdefault(".".join(parts[: cut + 1]), len(units))
+    return out
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats for m in model.modules())
+
+
+def recalibrate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor], device: torch.device | str = "cpu"
+                          ) -> dict[str, Any]:
+    """Re-estimate every BatchNorm's running mean and variance on ``batches``.
+
+    Running stats are reset and ``momentum=None`` makes them the plain average over the
+    batches; only the BatchNorm layers are in train mode (dropout and drop-path stay off).
+    The model is left in eval mode with the original momenta.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not bns:
+        return {"applied": False, "reason": "the model has no BatchNorm layers"}
+    momenta = [bn.momentum for bn in bns]
+    param = next(model.parameters())
+    images = n_batches = 0
+    try:
+        model.eval()
+        for bn in bns:
+            bn.reset_running_stats()
+            bn.momentum = None
+            bn.train()
+        with torch.no_grad():
+            for x in batches:
+                model(x.to(device, param.dtype))
+                images, n_batches = images + x.shape[0], n_batches + 1
+    finally:
+        for bn, momentum in zip(bns, momenta):
+            bn.momentum = momentum
+        model.eval()
+    if n_batches == 0:
+        raise ValueError("BatchNorm re-estimation needs calibration images")
+    return {"applied": True, "layers": len(bns), "images": images, "batches": n_batches}
+
+
+def _no_singletons(batches: Iterable[torch.Tensor]) -> Iterable[torch.Tensor]:
+    """Merge a last batch of one image into the one before: train-mode BN on 1x1 maps needs two."""
+    held = None
+    for b in batches:
+        if held is not None and b.shape[0] == 1:
+            b = torch.cat([held, b])
+        elif held is not None:
+            yield held
+        held = b
+    if held is not None:
+        yield held
+
+
+def prune_vision(
+    model: nn.Module,
+    batches: Batches | None,
+    method: PruningMethod,
+    target: Target,
+    *,
+    device: torch.device | str = "cpu",
+    selection: LayerSelection = LayerSelection(),
+    batch_size: int = 32,
+    bn_recalibration: bool | None = None,
+    measure_error: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+) -> VisionPruneResult:
+    """Prune ``model`` in place and return one report per pruned layer.
+
+    Args:
+        batches: ``batch_size -> iterable of (b, C, H, W)`` calibration images (e.g.
+            ``ImageStream.batches``); every call must yield the same images. None only for
+            methods that change no weight.
+        batch_size: images per forward in the statistics pass (changes no number).
+        bn_recalibration: re-estimate BatchNorm statistics after pruning; None = when the
+            model has BatchNorm. Never for methods that change no weight (dense stays exact).
+        measure_error: gather full Hessians so every layer's reconstruction error is reported.
+    """
+    device = torch.device(device)
+    layers, skipped = select_layers(model, selection)
+    if not layers:
+        raise ValueError("no prunable Conv2d/Linear layers matched (check the suite's layers: targets/ignore)")
+    mode = "hessian" if (method.stats == "hessian" or measure_error) else method.stats
+    if not method.modifies_weights:
+        mode = "none"
+    if method.modifies_weights and batches is None:
+        raise ValueError(f"method '{method.name}' needs calibration images")
+
+    model.to(device).eval()
+    dtype = next(model.parameters()).dtype
+    n_images, collector = 0, None
+    if mode != "none":
+        collector = _Collector(layers, mode, _row_functions(layers))
+        try:
+            with torch.no_grad():
+                for x in batches(batch_size):
+                    model(x.to(device, dtype))
+                    collector.end_forward()
+                    n_images += x.shape[0]
+        finally:
+            collector.remove()
+        for name in [n for n in layers if n not in collector.group_of]:  # e.g. nn.MultiheadAttention.out_proj,
+            del layers[name]  # whose weight the parent uses directly: no inputs seen, nothing to prune from
+            skipped.append({"name": name, "reason": "its forward never ran, so it has no calibration statistics"})
+            log.info("not pruning %s: %s", name, skipped[-1]["reason"])
+        if not layers:
+            raise ValueError("no prunable layer ran during the calibration forward passes")
+
+    method.prepare({n: m.weight.reshape(m.weight.shape[0], -1) for n, m in layers.items()}, target)  # (d_out, d_in)
+    blocks = block_index(layers)
+    reports = []
+    with torch.no_grad():
+        for i, (name, mod) in enumerate(layers.items()):
+            t0 = time.perf_counter()
+            stats = collector.stats(name) if collector is not None else None
+            old = mod.weight.data  # conv: (C_out, C_in, k_h, k_w)
+            w = old.reshape(old.shape[0], -1)  # (d_out, d_in)
+            result = method.prune(name, w, stats, target)
+            new = result.weight.to(old.dtype)
+            if not torch.isfinite(new).all():
+                raise NumericalError(f"{method.name} produced non-finite weights in {name}")
+            err = None
+            if stats is not None and stats.hessian is not None:
+                err = relative_error(w, new, stats.hessian)
+            elif not method.modifies_weights:
+                err = 0.0
+            if new is not w:
+                old.copy_(new.reshape(old.shape))
+            info = {**result.info, "shape": list(old.shape)}
+            reports.append(LayerReport(name, blocks[name], w.shape[0], w.shape[1], err, time.perf_counter() - t0, info))
+            if progress is not None:
+                progress(i + 1, len(layers))
+    del collector
+
+    if not method.modifies_weights:
+        bn = {"applied": False, "reason": f"{method.name} changes no weight"}
+    elif bn_recalibration is False:
+        bn = {"applied": False, "reason": "bn_recalibration: false"}
+    else:
+        bn = recalibrate_batchnorm(model, _no_singletons(batches(BN_BATCH)), device)
+    bn["requested"] = "auto" if bn_recalibration is None else bn_recalibration
+    return VisionPruneResult(reports, skipped, bn, n_images)
