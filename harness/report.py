@@ -13,8 +13,13 @@ from harness.runner import CellResult, Reporter, cell_label
 from harness.spec import RunSpec
 
 
+_LOWER_IS_BETTER = ("/ppl", "perplexity", "bits_per_byte", "loss", "error", "dist", "steps_to_tol")
+
+
 def lower_is_better(metric: str) -> bool:
-    return "/ppl" in metric or metric.endswith("bits_per_byte") or "perplexity" in metric
+    """Perplexities, losses, errors and distances are better when smaller; the rest when larger."""
+    name = metric.rsplit("/", 1)[-1]
+    return "/ppl" in metric or any(k in name for k in _LOWER_IS_BETTER)
 
 
 def recovery(value: float | None, dense: float | None, metric: str) -> float | None:
@@ -89,10 +94,14 @@ def step_progress(console: Console, description: str) -> Iterator[Callable[[int,
 def grid_table(suite: Any, cells: list[RunSpec]) -> Table:
     """The expanded grid for ``--dry-run``; settings shared by every cell go in the caption."""
     cal = suite.calibration
-    evals = ", ".join(f"{p.dataset} ppl@{p.seqlen}" for p in suite.perplexity) or "none"
+    evals = [f"{p.dataset} ppl@{p.seqlen}" for p in suite.perplexity]
+    if suite.lm_eval is not None:
+        evals.append("lm-eval " + ", ".join(suite.lm_eval.tasks))
+    evals += [f"{e.dataset} top-1" for e in suite.image_evals]
+    shape = f"{cal.n_samples}x{cal.seqlen}" if cal.seqlen else f"{cal.n_samples} images"
     t = Table(
         title=f"{suite.name}: {len(cells)} cells",
-        caption=f"calibration {cal.dataset} {cal.n_samples}x{cal.seqlen}; evals: {evals}",
+        caption=f"calibration {cal.dataset} {shape}; evals: {', '.join(evals) or 'none'}",
         header_style="bold",
     )
     t.add_column("run id", no_wrap=True)

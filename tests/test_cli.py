@@ -83,3 +83,13 @@ def test_offline_hub_model_gives_one_clear_line(tmp_path):
     lines = [ln for ln in out.stdout.splitlines() if "hf:facebook/opt-125m" in ln and "not available locally" in ln]
     assert lines, out.stdout
     assert "path:" in " ".join(out.stdout.split())
+
+
+def test_metric_directions():
+    from harness.report import lower_is_better, recovery
+
+    assert lower_is_better("wikitext2/ppl@2048") and lower_is_better("tiny_wiki/bits_per_byte")
+    assert lower_is_better("val_loss") and lower_is_better("synthetic/final_dist")
+    assert not lower_is_better("arc_easy/acc") and not lower_is_better("digits/top1")
+    assert recovery(60.0, 50.0, "pydoc/ppl@128") == pytest.approx(100 * 50 / 60)
+    assert recovery(0.45, 0.5, "arc_easy/acc") == pytest.approx(90.0)
