@@ -77,8 +77,10 @@ def greedy_rows(w: "torch.Tensor", hinv: "torch.Tensor", steps: "torch.Tensor", 
         w -= coef[:, None] * row_j  # optimal compensation of the remaining weights
         removed[rows[active], j[active]] = True
         w = w.masked_fill(removed, 0.0)
-        upd = torch.where(active, 1.0 / hjj, torch.zeros_like(hjj))
-        hi -= upd[:, None, None] * hi[rows, :, j][:, :, None] * row_j[:, None, :]  # drop j from H⁻¹
+        upd = torch.where(active, -1.0 / hjj, torch.zeros_like(hjj))
+        col_j = hi[rows, :, j]  # (B, d) = H⁻¹[:, j] (a copy: hi changes below)
+        # drop j from H⁻¹ in place: hi -= H⁻¹e_j e_jᵀH⁻¹ / [H⁻¹]_jj, one batched rank-1 update
+        hi.baddbmm_(col_j[:, :, None], (upd[:, None] * row_j)[:, None, :])
     return w, losses
 
 
