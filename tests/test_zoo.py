@@ -167,3 +167,30 @@ def test_importing_the_zoo_does_not_import_torch():
 
     code = "import sys, harness.zoo; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
+
+
+def test_ensure_checkpoint_builds_into_the_cache_atomically(tmp_path, monkeypatch):
+    """Shipped copy unusable -> build beside the cache target and rename; a failed build leaves nothing."""
+    import pytest
+
+    from harness.zoo._cache import ensure_checkpoint
+
+    monkeypatch.setenv("SPARSEBENCH_CACHE", str(tmp_path))
+    problem = lambda path: None if (path / "done").is_file() else "missing done"  # noqa: E731
+
+    def failing(out):
+        (out / "half").write_text("x")
+        raise RuntimeError("interrupted")
+
+    with pytest.raises(RuntimeError):
+        ensure_checkpoint("no-such-model", problem, failing, cost="test")
+    leftovers = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert leftovers == []
+
+    def build(out):
+        (out / "done").write_text("ok")
+        return out
+
+    path = ensure_checkpoint("no-such-model", problem, build, cost="test")
+    assert (path / "done").read_text() == "ok" and tmp_path in path.parents
+    assert ensure_checkpoint("no-such-model", problem, failing, cost="test") == path  # reused, not rebuilt

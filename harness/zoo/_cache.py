@@ -7,6 +7,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 from harness.zoo._checkpoint import SHIPPED_DIR, checkpoint_problem
 from harness.zoo._config import get_zoo_config
@@ -46,21 +47,33 @@ def ensure_model(name: str, *, progress: Progress | None = None) -> Path:
     """
     cfg = get_zoo_config(name)
     corpus = corpus_sha256()
+    return ensure_checkpoint(
+        name, lambda path: checkpoint_problem(path, cfg, corpus),
+        lambda out: build_model(name, out, progress=progress), cost="minutes on a CPU",
+    )
+
+
+def ensure_checkpoint(name: str, problem_of: Callable[[Path], str | None], build: Callable[[Path], Path],
+                      *, cost: str) -> Path:
+    """The shipped ``checkpoints/<name>`` if ``problem_of`` finds nothing wrong with it, else the
+    user-cache copy, building it there first when it is missing or stale.
+
+    The build writes beside the target and is renamed into place, so an interrupted build
+    never looks complete.
+    """
     shipped = SHIPPED_DIR / name
-    problem = checkpoint_problem(shipped, cfg, corpus)
+    problem = problem_of(shipped)
     if problem is None:
         return shipped
     logger.warning("shipped checkpoint %s is not usable (%s); using the cache", shipped, problem)
-
     target = cache_dir(name)
-    if checkpoint_problem(target, cfg, corpus) is None:
+    if problem_of(target) is None:
         return target
-    logger.warning("building zoo model %s into %s (minutes on a CPU)", name, target)
+    logger.warning("building zoo model %s into %s (%s)", name, target, cost)
     target.parent.mkdir(parents=True, exist_ok=True)
-    # Build beside the target and rename, so an interrupted build never looks complete.
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
     try:
-        build_model(name, tmp, progress=progress)
+        build(tmp)
         if target.exists():  # stale or broken: replace it
             shutil.rmtree(target)
         tmp.rename(target)

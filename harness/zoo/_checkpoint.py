@@ -42,25 +42,32 @@ def write_manifest(path: Path, manifest: dict[str, Any]) -> None:
     (Path(path) / MANIFEST_FILE).write_text(text, encoding="utf-8")
 
 
-def checkpoint_problem(path: Path, cfg: ZooConfig, corpus_sha: str) -> str | None:
-    """Why ``path`` is not a complete, current checkpoint of ``cfg``, or None if it is.
-
-    Complete means: every required file exists, the manifest names this model and its
-    configured steps, it was trained on the current corpus snapshot, and the weights
-    file matches the manifest's hash (so a truncated copy is caught).
-    """
+def manifest_problem(path: Path, required: tuple[str, ...], expected: dict[str, Any]) -> str | None:
+    """Why ``path`` is not a complete checkpoint, or None: every ``required`` file exists, the
+    manifest holds each ``expected`` key/value, and the weights match the manifest's hash
+    (so a truncated copy is caught). Shared by the LM and the vision zoo."""
     path = Path(path)
-    missing = [f for f in REQUIRED_FILES if not (path / f).is_file()]
+    missing = [f for f in required if not (path / f).is_file()]
     if missing:
         return f"missing {', '.join(missing)}"
     try:
         manifest = read_manifest(path)
     except (OSError, ValueError) as exc:
         return f"unreadable {MANIFEST_FILE}: {exc}"
-    expected = {"name": cfg.name, "steps": cfg.steps, "corpus_sha256": corpus_sha}
     for key, want in expected.items():
         if manifest.get(key) != want:
             return f"{MANIFEST_FILE} has {key}={manifest.get(key)!r}, expected {want!r}"
     if manifest.get("model_sha256") != checkpoint_sha256(path):
         return f"{MODEL_FILE} does not match the sha256 in {MANIFEST_FILE}"
     return None
+
+
+def checkpoint_problem(path: Path, cfg: ZooConfig, corpus_sha: str) -> str | None:
+    """Why ``path`` is not a complete, current checkpoint of ``cfg``, or None if it is.
+
+    Complete means: every required file exists, the manifest names this model and its
+    configured steps, it was trained on the current corpus snapshot, and the weights
+    file matches the manifest's hash.
+    """
+    expected = {"name": cfg.name, "steps": cfg.steps, "corpus_sha256": corpus_sha}
+    return manifest_problem(path, REQUIRED_FILES, expected)

@@ -19,14 +19,12 @@ import hashlib
 import json
 import logging
 import platform
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from harness.zoo._cache import cache_dir
-from harness.zoo._checkpoint import MANIFEST_FILE, MODEL_FILE, SHIPPED_DIR, checkpoint_sha256, read_manifest, write_manifest
+from harness.zoo._cache import ensure_checkpoint
+from harness.zoo._checkpoint import MANIFEST_FILE, MODEL_FILE, checkpoint_sha256, manifest_problem, write_manifest
 from harness.zoo._config import VisionZooConfig, get_vision_zoo_config
 from harness.zoo._train import Progress, lr_at
 
@@ -207,23 +205,11 @@ def build_vision_model(name: str, out_dir: Path, *, steps: int | None = None,
 
 
 def vision_checkpoint_problem(path: Path, cfg: VisionZooConfig) -> str | None:
-    """Why ``path`` is not a complete, current checkpoint of ``cfg``, or None if it is."""
-    path = Path(path)
-    missing = [f for f in REQUIRED_FILES if not (path / f).is_file()]
-    if missing:
-        return f"missing {', '.join(missing)}"
-    try:
-        manifest = read_manifest(path)
-    except (OSError, ValueError) as exc:
-        return f"unreadable {MANIFEST_FILE}: {exc}"
-    for key, want in {"name": cfg.name, "steps": cfg.steps, "architecture": cfg.architecture}.items():
-        if manifest.get(key) != want:
-            return f"{MANIFEST_FILE} has {key}={manifest.get(key)!r}, expected {want!r}"
-    if manifest.get("digits_sha256") != digits_sha256():
-        return "the digits data or its split changed since the checkpoint was trained"
-    if manifest.get("model_sha256") != checkpoint_sha256(path):
-        return f"{MODEL_FILE} does not match the sha256 in {MANIFEST_FILE}"
-    return None
+    """Why ``path`` is not a complete, current checkpoint of ``cfg``, or None if it is
+    (trained with this architecture and step count on the current digits split)."""
+    expected = {"name": cfg.name, "steps": cfg.steps, "architecture": cfg.architecture,
+                "digits_sha256": digits_sha256()}
+    return manifest_problem(path, REQUIRED_FILES, expected)
 
 
 def ensure_vision_model(name: str, *, progress: Progress | None = None) -> Path:
@@ -233,23 +219,7 @@ def ensure_vision_model(name: str, *, progress: Progress | None = None) -> Path:
         UnknownZooModelError: If ``name`` is not a vision zoo model.
     """
     cfg = get_vision_zoo_config(name)
-    shipped = SHIPPED_DIR / name
-    problem = vision_checkpoint_problem(shipped, cfg)
-    if problem is None:
-        return shipped
-    logger.warning("shipped checkpoint %s is not usable (%s); using the cache", shipped, problem)
-    target = cache_dir(name)
-    if vision_checkpoint_problem(target, cfg) is None:
-        return target
-    logger.warning("building vision zoo model %s into %s (about a minute on a CPU)", name, target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))  # renamed when complete
-    try:
-        build_vision_model(name, tmp, progress=progress)
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.rename(target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    return target
+    return ensure_checkpoint(
+        name, lambda path: vision_checkpoint_problem(path, cfg),
+        lambda out: build_vision_model(name, out, progress=progress), cost="about a minute on a CPU",
+    )
