@@ -143,8 +143,8 @@ def validation_tokens(name: str, tokenizer: Any, n_calibration: int, n_samples: 
     """
     import torch
 
-    if name != "pydoc" and name != "wikitext2":
-        raise ValueError(f"validation windows are drawn from pydoc or wikitext2 text, not {name!r}")
+    if name == "c4":  # SparseGPT's sampler goes on drawing documents: the next windows are held out
+        return calibration_tokens(name, tokenizer, n_calibration + n_samples, seqlen, seed)[n_calibration:]
     ids = _encode(tokenizer, _pydoc("calibration") if name == "pydoc" else _wikitext("train"))
     total = ids.shape[1]
     rng = random.Random(seed)
