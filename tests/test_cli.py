@@ -31,7 +31,7 @@ def test_help_and_validate_do_not_import_torch():
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "suites/quickstart.yaml: ok (20 cells)" in out.stdout
-    assert "suites/llm_50pct.yaml: ok (16 cells)" in out.stdout
+    assert "suites/llm_50pct.yaml: ok (20 cells)" in out.stdout
     assert harness("--help").returncode == 0
 
 
@@ -63,7 +63,7 @@ def test_ls_lists_registered_things():
 def test_dry_run_prints_grid_and_writes_nothing(tmp_path):
     out = harness("run", "suites/llm_50pct.yaml", "--dry-run", "--db", str(tmp_path / "x.duckdb"))
     assert out.returncode == 0
-    assert "16 cells" in out.stdout and "hf:meta-llama/Llama-2-7b-hf" in out.stdout
+    assert "20 cells" in out.stdout and "hf:meta-llama/Llama-2-7b-hf" in out.stdout
     assert not (tmp_path / "x.duckdb").exists()
 
 
