@@ -102,10 +102,14 @@ def kind_rules(ck: Any, data: LineDict, dense_only: bool) -> None:
         if kind is not None:
             kinds.setdefault(kind, (models.item_lines[i], str(raw)))
     if len(kinds) > 1:
-        (line, lm), (_, vision) = kinds["lm"], kinds["vision"]
-        ck.err(line, "models", f"a suite holds language models or image classifiers, not both ({lm} and {vision}); "
+        words = {"lm": "language models", "vision": "image classifiers", "synthetic": "synthetic problems"}
+        a, b = [k for k in words if k in kinds][:2]
+        (line, first), (_, second) = kinds[a], kinds[b]
+        ck.err(line, "models", f"a suite holds {words[a]} or {words[b]}, not both ({first} and {second}); "
                                "split it into two suites")
         return
+    if "synthetic" in kinds:
+        return  # harness._suite_synthetic judges synthetic suites
     if not kinds:
         return
     kind, (_, first) = next(iter(kinds.items()))

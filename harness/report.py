@@ -112,7 +112,7 @@ def grid_table(suite: Any, cells: list[RunSpec]) -> Table:
     t.add_column("params")
     for c in cells:
         params = ", ".join(f"{k}={v}" for k, v in c.params.items()) or "-"
-        t.add_row(c.short_id[:8], c.model.id, c.method, c.target, str(c.seed), params)
+        t.add_row(c.short_id[:8], c.model.label, c.method, c.target, str(c.seed), params)
     return t
 
 
@@ -133,7 +133,7 @@ def summary_table(title: str, results: list[CellResult]) -> Table:
         if i == 0:
             t.add_column("vs dense", justify="right")
     for r in results:
-        row = [r.spec.model.id, r.spec.method, r.spec.target, r.status,
+        row = [r.spec.model.label, r.spec.method, r.spec.target, r.status,
                f"{r.sparsity:.3f}" if r.sparsity is not None else "-"]
         ref = dense.get((r.spec.model.id, r.spec.seed), {})
         for i, m in enumerate(metrics):
