@@ -34,9 +34,9 @@ from harness.data import dataset_names, text_dataset_names
 from harness.ids import ModelIdError, parse_model_id
 from harness.method import ParamsError, build_params, get_method, params_dict
 from harness.registry import UnknownNameError, suggest, unknown_message
-from harness.synthetic import target_of
 from harness.spec import (CalibrationSpec, ImageEvalSpec, LayerSelection, LmEvalSpec, ModelSpec, PerplexitySpec,
                           RunSpec, canonical_json)
+from harness.synthetic import target_of
 from harness.target import Target, TargetError
 
 log = logging.getLogger(__name__)

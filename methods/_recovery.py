@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 from harness._lazy import torch
-from harness.obs import obs_remove
 from harness.method import LayerStats, PruneResult, PruningMethod
+from harness.obs import obs_remove
 from harness.target import Target
 
 Step = Literal["as_coded", "newton"]
