@@ -17,6 +17,7 @@ from harness import synthetic
 from harness.ids import SYNTHETIC_NAMES, ModelIdError, parse_model_id
 from harness.method import build_params, get_method
 from harness.runner import run_suite
+from harness.spec import RunSpec
 from harness.store import Store
 from harness.suite import SuiteError, expand, load_suite
 
@@ -168,6 +169,21 @@ def test_problem_settings_are_part_of_the_run_id(tmp_path: Path):
     assert a[0].run_id != b[0].run_id
     assert a[0].run_id == c[0].run_id  # an explicit default is the same problem
     assert a[0].to_dict()["model"]["problem"]["noise"] == 0.0
+    again = RunSpec.from_dict(b[0].to_dict())  # as the leaderboard reads a stored spec back
+    assert again.run_id == b[0].run_id and again.model.label == "synthetic:gaussian(noise=0.1)"
+
+
+def test_cli_lists_problems_and_dry_runs_the_shipped_suite(capsys: pytest.CaptureFixture[str]):
+    from harness.cli import main
+
+    assert main(["ls", "models"]) == 0
+    assert "synthetic:digit" in capsys.readouterr().out
+    suite = Path(__file__).resolve().parents[1] / "suites" / "sparse_recovery.yaml"
+    assert main(["validate", str(suite)]) == 0
+    assert "ok (18 cells)" in capsys.readouterr().out
+    assert main(["run", str(suite), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "synthetic:gaussian(k=16,k_star=8,n=96)" in out and "0.875" in out and "synthetic sparse recovery" in out
 
 
 @pytest.mark.parametrize("text, expect, line", [
