@@ -126,3 +126,24 @@ def kind_rules(ck: Any, data: LineDict, dense_only: bool) -> None:
         if key in ("perplexity", "lm_eval", *IMAGE_DATASETS) and image_eval_key != (kind == "vision"):
             what = "an image classifier" if kind == "vision" else "a language model"
             ck.err(evals.key_lines[key], f"evals.{key}", f"'{key}' does not suit {first}, {what}")
+
+
+def profile_rules(ck: Any, data: LineDict) -> None:
+    """A sparsity profile (OWL) is measured over decoder blocks: language models only."""
+    methods = data.get("methods") if isinstance(data.get("methods"), list) else []
+    profiled = [(i, m) for i, m in enumerate(methods) if isinstance(m, dict) and m.get("sparsity_profile") == "owl"]
+    if not profiled:
+        return
+    models = data.get("models") if isinstance(data.get("models"), list) else []
+    for item in models:
+        raw = item.get("id") if isinstance(item, dict) else item
+        try:
+            kind = model_kind(parse_model_id(raw))
+        except ModelIdError:
+            continue
+        if kind in ("vision", "synthetic"):
+            i, m = profiled[0]
+            what = "an image classifier" if kind == "vision" else "a synthetic problem"
+            ck.err(m.key_lines["sparsity_profile"], f"methods[{i}].sparsity_profile",
+                   f"sparsity_profile owl is measured over a language model's decoder blocks; {raw} is {what}")
+            return

@@ -161,54 +161,83 @@ class _Collector:
     but the last dimension (Linear). The vision driver passes unfolded patches for Conv2d.
     Layers share one accumulator when they read the same tensor through the same function
     (q/k/v and gate/up; two convolutions of one geometry on one input).
+
+    In ``"cross"`` mode every calibration batch is replayed twice: first with ``phase =
+    "dense"`` (the block holding its dense weights; each layer's input rows are kept), then
+    with ``phase = "sparse"``, which accumulates X_s^T X_s and the cross-moment X_d^T X_s.
     """
 
     def __init__(self, layers: dict[str, nn.Module], mode: str,
                  inputs: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None) -> None:
-        self.mode = mode  # "diag" or "hessian"
+        self.mode = mode  # "diag", "hessian" or "cross"
         self.inputs = dict(inputs or {})
-        self.group_of: dict[str, int] = {}  # layer name -> accumulator index
+        self.phase = "sparse"
+        self.group_of: dict[str, int] = {}  # layer name -> accumulator index, in order of first use
         self.acc: list[torch.Tensor] = []
+        self.cross: list[torch.Tensor] = []
         self.count: list[int] = []
         # inputs of the current forward, kept alive so that ``is`` cannot match a recycled tensor
         self._seen: list[tuple[torch.Tensor, Callable | None, int]] = []
+        self._dense: dict[str, torch.Tensor] = {}  # layer name -> dense input rows of this batch
         self._handles = [m.register_forward_hook(self._hook(n)) for n, m in layers.items()]
+
+    def _rows(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        to_rows = self.inputs.get(name)
+        x = x.detach()
+        return (to_rows(x) if to_rows is not None else x.reshape(-1, x.shape[-1])).float()  # (rows, d_in)
 
     def _hook(self, name: str) -> Callable:
         def hook(module: nn.Module, inputs: tuple, output: Any) -> None:
             x = inputs[0]
+            if self.phase == "dense":
+                self._dense[name] = self._rows(name, x)
+                return
             to_rows = self.inputs.get(name)
             for seen, seen_fn, gid in self._seen:  # same tensor, same transform: shared input
                 if seen is x and seen_fn is to_rows:
                     self.group_of.setdefault(name, gid)
                     return
-            x = x.detach()
-            flat = (to_rows(x) if to_rows is not None else x.reshape(-1, x.shape[-1])).float()  # (rows, d_in)
+            flat = self._rows(name, x)
             gid = self.group_of.get(name)
             if gid is None:
                 gid = len(self.acc)
                 d = flat.shape[1]
                 shape = (d,) if self.mode == "diag" else (d, d)
                 self.acc.append(torch.zeros(shape, dtype=torch.float32, device=x.device))
+                if self.mode == "cross":
+                    self.cross.append(torch.zeros(shape, dtype=torch.float32, device=x.device))
                 self.count.append(0)
                 self.group_of[name] = gid
-            self._seen.append((inputs[0], to_rows, gid))
+            self._seen.append((x, to_rows, gid))
             if not torch.isfinite(flat).all():
                 raise NumericalError(f"non-finite calibration activations entering {name}")
             if self.mode == "diag":
                 self.acc[gid] += (flat * flat).sum(0)
             else:
                 self.acc[gid].addmm_(flat.T, flat)
+            if self.mode == "cross":
+                dense = self._dense.get(name)
+                if dense is None or dense.shape != flat.shape:
+                    raise RuntimeError(f"{name}: no matching dense input for the cross-moment")
+                self.cross[gid].addmm_(dense.T, flat)
             self.count[gid] += flat.shape[0]
 
         return hook
 
     def end_forward(self) -> None:
         self._seen.clear()
+        self._dense.clear()
 
     def remove(self) -> None:
         for h in self._handles:
             h.remove()
+
+    def groups(self) -> list[list[str]]:
+        """Layer names grouped by shared input, in the order the forward pass first used them."""
+        out: dict[int, list[str]] = {}
+        for name, gid in sorted(self.group_of.items(), key=lambda kv: kv[1]):
+            out.setdefault(gid, []).append(name)
+        return list(out.values())
 
     def stats(self, name: str) -> LayerStats:
         gid = self.group_of[name]
@@ -216,7 +245,27 @@ class _Collector:
         mat = self.acc[gid] / n
         if self.mode == "diag":
             return LayerStats(diag=mat, n=n)
-        return LayerStats.from_hessian(mat, n=n)
+        stats = LayerStats.from_hessian(mat, n=n)
+        if self.mode == "cross":
+            stats.cross = self.cross[gid] / n
+        return stats
+
+
+class _Swap:
+    """Context manager: the given layers hold other weights (the dense ones) inside the block."""
+
+    def __init__(self, layers: dict[str, nn.Module], weights: dict[str, torch.Tensor]) -> None:
+        self.layers, self.weights, self.saved = layers, weights, {}
+
+    def __enter__(self) -> None:
+        for name, mod in self.layers.items():
+            self.saved[name] = mod.weight.data
+            mod.weight.data = self.weights[name].to(mod.weight.device, mod.weight.dtype)
+
+    def __exit__(self, *exc: Any) -> None:
+        for name, mod in self.layers.items():
+            mod.weight.data = self.saved[name]
+        self.saved = {}
 
 
 def relative_error(w_old: torch.Tensor, w_new: torch.Tensor, hessian: torch.Tensor) -> float:
@@ -240,6 +289,7 @@ def prune_sequential(
     offload: bool | None = None,
     progress: Callable[[int, int], None] | None = None,
     on_block_output: Callable[[int, list[torch.Tensor]], None] | None = None,
+    layer_targets: dict[str, Target] | None = None,
 ) -> list[LayerReport]:
     """Prune ``model`` in place, block by block, and return one report per pruned layer.
 
@@ -248,6 +298,14 @@ def prune_sequential(
         measure_error: gather full Hessians so every layer's reconstruction error is reported,
             even for methods that need less.
         on_block_output: test hook, called with each block's outputs (pruned block).
+        layer_targets: a target per layer name (a sparsity profile such as OWL); others get ``target``.
+
+    A method with ``stats = "cross"`` also gets each layer's inputs in the dense model: the
+    driver carries a second stream of hidden states through the blocks with the method's
+    ``dense_weights()`` swapped in. A method with ``sequential_groups = True`` is pruned one
+    group of layers that share an input at a time (q,k,v -> o -> gate,up -> down), each
+    group's statistics gathered after the groups before it were pruned (SparseGPT's
+    ``--true-sequential``); otherwise all of a block's statistics come from one replay.
     """
     device = torch.device(device)
     path, blocks = find_blocks(model)
@@ -255,11 +313,15 @@ def prune_sequential(
     method.prepare({n: m.weight for layers in layers_per_block for n, m in layers.items()}, target)
 
     mode = "hessian" if (method.stats == "hessian" or measure_error) else method.stats
+    if method.stats == "cross":
+        mode = "cross"
     modifies = method.modifies_weights
     if not modifies:
         mode = "none"
     if mode != "none" and not batches:
         raise ValueError(f"method '{method.name}' needs calibration batches")
+    dense_w = method.dense_weights() if mode == "cross" else None
+    grouped = bool(getattr(method, "sequential_groups", False))
 
     calls = capture_inputs(model, batches, device) if batches else []
     # Activations (and the replayed kwargs) wait on the CPU between blocks when the compute
@@ -267,36 +329,45 @@ def prune_sequential(
     offload = device.type != "cpu" if offload is None else offload
     home = torch.device("cpu") if offload else device
     calls = [(_to(a, home), _to(k, home)) for a, k in calls]
+    dense_calls = list(calls) if dense_w is not None else None  # block 0 sees the same inputs
     use_cache = getattr(model.config, "use_cache", None)
+
+    def gather(block: nn.Module, all_layers: dict, hooked: dict) -> tuple[_Collector, list | None]:
+        """Replay the calibration batches through ``block`` with hooks on ``hooked``."""
+        collector = _Collector(hooked, mode)
+        dense_outs: list | None = [] if dense_calls is not None else None
+        for j, (args, kwargs) in enumerate(calls):
+            if dense_calls is not None:
+                collector.phase = "dense"
+                with _Swap(all_layers, dense_w):
+                    d_args, d_kwargs = dense_calls[j]
+                    dense_outs.append(_first(block(*_to(d_args, device), **_to(d_kwargs, device))).to(home))
+                collector.phase = "sparse"
+            block(*_to(args, device), **_to(kwargs, device))
+            collector.end_forward()
+        collector.remove()
+        return collector, dense_outs
+
     reports: list[LayerReport] = []
+    targets = layer_targets or {}
     with torch.no_grad():
         for i, block in enumerate(blocks):
             layers = layers_per_block[i]
             block.to(device)
-            collector = _Collector(layers, mode) if mode != "none" and layers else None
-            if collector is not None:
-                for args, kwargs in calls:
-                    block(*_to(args, device), **_to(kwargs, device))
-                    collector.end_forward()
-                collector.remove()
-            for name, lin in layers.items():
-                t0 = time.perf_counter()
-                stats = collector.stats(name) if collector is not None else None
-                old = lin.weight.data
-                result = method.prune(name, old, stats, target)
-                new = result.weight.to(old.dtype)
-                if not torch.isfinite(new).all():
-                    raise NumericalError(f"{method.name} produced non-finite weights in {name}")
-                err = None
-                if stats is not None and stats.hessian is not None:
-                    err = relative_error(old, new, stats.hessian)
-                elif not modifies:
-                    err = 0.0
-                if new is not old:
-                    lin.weight.data.copy_(new)
-                rows, cols = old.shape
-                reports.append(LayerReport(name, i, rows, cols, err, time.perf_counter() - t0, result.info))
-            del collector
+            dense_outs = None
+            if mode != "none" and layers:
+                collector, dense_outs = gather(block, layers, layers)
+                groups = collector.groups() if grouped else [list(layers)]
+                for g, names in enumerate(groups):
+                    if g > 0:  # statistics of this group after the earlier groups were pruned
+                        collector, dense_outs = gather(block, layers, {n: layers[n] for n in names})
+                    for name in names:
+                        reports.append(_prune_one(method, name, layers[name], collector.stats(name),
+                                                  targets.get(name, target), i))
+                del collector
+            else:
+                for name, lin in layers.items():
+                    reports.append(_prune_one(method, name, lin, None, targets.get(name, target), i))
             if calls:  # the pruned block's outputs are the next block's inputs
                 outs = []
                 for args, kwargs in calls:
@@ -306,6 +377,10 @@ def prune_sequential(
                 if on_block_output is not None:
                     on_block_output(i, outs)
                 calls = [_with_hidden(args, kwargs, o) for o, (args, kwargs) in zip(outs, calls)]
+                if dense_calls is not None:
+                    if dense_outs is None:  # a block without prunable layers: replay it dense
+                        dense_outs = [_first(block(*_to(a, device), **_to(k, device))).to(home) for a, k in dense_calls]
+                    dense_calls = [_with_hidden(a, k, o) for o, (a, k) in zip(dense_outs, dense_calls)]
             if device.type != "cpu":
                 block.to("cpu")
             if progress is not None:
@@ -313,3 +388,23 @@ def prune_sequential(
     if use_cache is not None:
         model.config.use_cache = use_cache
     return reports
+
+
+def _prune_one(method: PruningMethod, name: str, lin: nn.Module, stats: LayerStats | None, target: Target,
+               block: int) -> LayerReport:
+    """Prune one layer in place and report it (error measured on the layer's calibration inputs)."""
+    t0 = time.perf_counter()
+    old = lin.weight.data
+    result = method.prune(name, old, stats, target)
+    new = result.weight.to(old.dtype)
+    if not torch.isfinite(new).all():
+        raise NumericalError(f"{method.name} produced non-finite weights in {name}")
+    err = None
+    if stats is not None and stats.hessian is not None:
+        err = relative_error(old, new, stats.hessian)
+    elif not method.modifies_weights:
+        err = 0.0
+    rows, cols = old.shape
+    if new is not old:
+        lin.weight.data.copy_(new)
+    return LayerReport(name, block, rows, cols, err, time.perf_counter() - t0, result.info)

@@ -134,6 +134,34 @@ def calibration_tokens(name: str, tokenizer: Any, n_samples: int, seqlen: int, s
     raise KeyError(name)
 
 
+def validation_tokens(name: str, tokenizer: Any, n_calibration: int, n_samples: int, seqlen: int, seed: int) -> Any:
+    """(n_samples, seqlen) held-out windows of the calibration text that overlap none of the
+    ``calibration_tokens(name, tokenizer, n_calibration, seqlen, seed)`` windows.
+
+    Drawn from the same seeded stream after the calibration windows, so adding validation
+    leaves the calibration windows exactly as they were.
+    """
+    import torch
+
+    if name == "c4":  # SparseGPT's sampler goes on drawing documents: the next windows are held out
+        return calibration_tokens(name, tokenizer, n_calibration + n_samples, seqlen, seed)[n_calibration:]
+    ids = _encode(tokenizer, _pydoc("calibration") if name == "pydoc" else _wikitext("train"))
+    total = ids.shape[1]
+    rng = random.Random(seed)
+    taken = [rng.randint(0, total - seqlen - 1) for _ in range(n_calibration)]  # the calibration starts
+    out: list[int] = []
+    for _ in range(1000 * n_samples):
+        if len(out) == n_samples:
+            break
+        s = rng.randint(0, total - seqlen - 1)
+        if all(abs(s - t) >= seqlen for t in taken + out):
+            out.append(s)
+    if len(out) < n_samples:
+        raise ValueError(f"{name}: not enough text for {n_samples} validation windows of {seqlen} tokens "
+                         f"beside {n_calibration} calibration windows")
+    return torch.stack([ids[0, s : s + seqlen] for s in out])
+
+
 @dataclass(frozen=True)
 class Perplexity:
     value: float

@@ -17,7 +17,9 @@ from typing import Any, ClassVar, Literal
 from harness.registry import Registry, suggest
 from harness.target import Target
 
-Stats = Literal["none", "diag", "hessian"]
+# "cross": the Hessian of the layer's inputs in the model being pruned (X_s) plus the
+# cross-moment X_d^T X_s / n with its inputs in the dense model on the same tokens (I-OBS).
+Stats = Literal["none", "diag", "hessian", "cross"]
 
 
 @dataclass
@@ -28,11 +30,14 @@ class LayerStats:
         hessian: X^T X / n, (d_in, d_in) float32, or None when only the diagonal was gathered.
         diag: mean of x_j^2 per input feature, (d_in,) float32.
         n: number of token rows accumulated.
+        cross: X_d^T X_s / n, (d_in, d_in) float32, when the method asked for ``stats = "cross"``:
+            X_d are the layer's inputs in the dense model, X_s in the model being pruned.
     """
 
     diag: Any
     hessian: Any = None
     n: int = 0
+    cross: Any = None
 
     @classmethod
     def from_hessian(cls, hessian: Any, n: int = 0) -> "LayerStats":
@@ -77,6 +82,11 @@ class PruningMethod:
 
     def prepare(self, weights: dict[str, Any], target: Target) -> None:
         """Called once with every prunable weight (name -> tensor) before pruning starts."""
+
+    def dense_weights(self) -> dict[str, Any]:
+        """For ``stats = "cross"``: the dense weight of every prunable layer (name -> tensor),
+        which the driver swaps in to replay each block as the dense model computes it."""
+        raise NotImplementedError(f"{type(self).__name__} asks for cross statistics but keeps no dense weights")
 
     def prune(self, name: str, weight: Any, stats: LayerStats | None, target: Target) -> PruneResult:
         raise NotImplementedError

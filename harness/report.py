@@ -116,7 +116,7 @@ def grid_table(suite: Any, cells: list[RunSpec]) -> Table:
     t.add_column("params")
     for c in cells:
         params = ", ".join(f"{k}={v}" for k, v in c.params.items()) or "-"
-        t.add_row(c.short_id[:8], c.model.label, c.method, c.target, str(c.seed), params)
+        t.add_row(c.short_id[:8], c.model.label, method_label(c), c.target, str(c.seed), params)
     return t
 
 
@@ -143,7 +143,7 @@ def summary_table(title: str, results: list[CellResult]) -> Table:
         if i == 0 and with_recovery:
             t.add_column("vs dense", justify="right")
     for r in results:
-        row = [r.spec.model.label, r.spec.method, r.spec.target]
+        row = [r.spec.model.label, method_label(r.spec), r.spec.target]
         if varying:
             row.append(",".join(f"{k}={r.spec.params[k]}" for k in varying.get(r.spec.method, ())) or "-")
         row += [r.status, f"{r.sparsity:.3f}" if r.sparsity is not None else "-"]
@@ -192,3 +192,8 @@ def results_table(store: Any, suite: str | None) -> Table:
     for key, vals in runs.items():
         t.add_row(*key, *(f"{vals[m]:.3f}" if vals.get(m) is not None else "-" for m in metrics))
     return t
+
+
+def method_label(spec: Any) -> str:
+    """The method as tables show it: ``wanda +owl`` when a sparsity profile is set."""
+    return f"{spec.method} +{spec.profile.name}" if spec.profile is not None else spec.method

@@ -228,10 +228,30 @@ def _prune_lm(spec: RunSpec, loaded: Any, method: Any, target: Any, record: dict
         tokens = caches["calibration"][key]  # (n_samples, seqlen)
         batches = list(tokens.split(spec.batch_size))
     t0 = time.perf_counter()
-    reports = prune_sequential(
-        loaded.model, batches, method, target, device=device, selection=spec.layers,
-        progress=lambda d, n: reporter.progress("prune", d, n),
-    )
+    if getattr(method, "level", "layer") == "model":  # several driver passes with a validation score
+        val: list = []
+        n_val = getattr(method.params, "val_samples", 0)
+        if n_val:
+            val = list(data.validation_tokens(cal.dataset, loaded.tokenizer, cal.n_samples, n_val, cal.seqlen,
+                                              cal.seed).split(spec.batch_size))
+        reports, record["prune_info"], series = method.prune_model(
+            loaded.model, batches, val, target, device=device, selection=spec.layers,
+            progress=lambda d, n: reporter.progress("prune", d, n))
+        record["series"].extend(series)
+    else:
+        layer_targets = None
+        if spec.profile is not None:  # measured on the dense model, part of the prune time
+            from harness.profiles import owl_profile
+
+            layer_targets, record["profile"] = owl_profile(loaded.model, batches, target, spec.profile,
+                                                           device=device, selection=spec.layers)
+        reports = prune_sequential(
+            loaded.model, batches, method, target, device=device, selection=spec.layers,
+            progress=lambda d, n: reporter.progress("prune", d, n), layer_targets=layer_targets,
+        )
+        for rep in reports:
+            if layer_targets:
+                rep.info = {**rep.info, "target": layer_targets[rep.name].sparsity}
     record["prune_time_s"] = time.perf_counter() - t0
     return reports
 
@@ -266,14 +286,16 @@ def _prune_vision(spec: RunSpec, loaded: Any, method: Any, target: Any, record: 
 def _record_sparsity(record: dict, model: Any, reports: list, method: Any, target: Any) -> None:
     """Measure every pruned layer (conv weights flattened to rows) and fail on an out-of-tolerance one."""
     from harness.sparsity import check, measure
+    from harness.target import Target
 
     problems, zeros, numel, nm_all = [], 0, 0, True
     for rep in reports:
-        m = measure(model.get_submodule(rep.name).weight, target)
+        layer_target = Target(rep.info["target"]) if "target" in rep.info else target  # a sparsity profile
+        m = measure(model.get_submodule(rep.name).weight, layer_target)
         zeros, numel = zeros + m.zeros, numel + m.numel
         nm_all = nm_all and (m.nm_ok is not False)
         if method.modifies_weights:
-            why = check(m, target, rep.cols)
+            why = check(m, layer_target, rep.cols)
             if why:
                 problems.append(f"{rep.name}: {why}")
         record["layers"].append({

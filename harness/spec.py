@@ -122,6 +122,21 @@ class LmEvalSpec:
 
 
 @dataclass(frozen=True)
+class SparsityProfile:
+    """Non-uniform per-layer sparsity around the target, for any layer-wise method.
+
+    ``owl`` (Yin et al., ICML 2024, luuyin/OWL): each block's outlier ratio D is the share of
+    its Wanda scores |W|·||X|| above ``m`` times their mean, measured on the dense model; the
+    ratios are scaled to [0, 2·lmbda] and shifted so their mean density is 1 - target, i.e.
+    blocks with more outliers are pruned less, each within target ± lmbda.
+    """
+
+    name: str = "owl"
+    m: float = 5.0  # outlier threshold, a multiple of the mean score (OWL's Hyper_m)
+    lmbda: float = 0.08  # the largest deviation from the target sparsity (OWL's Lamda)
+
+
+@dataclass(frozen=True)
 class LayerSelection:
     """Which Linear layers inside the decoder blocks are pruned (Python regexes on module names)."""
 
@@ -144,6 +159,7 @@ class RunSpec:
     version: int = SPEC_VERSION
     lm_eval: LmEvalSpec | None = None  # zero-shot tasks; None = no lm-eval
     image_evals: tuple[ImageEvalSpec, ...] = ()  # vision: top-1/top-5 on digits or imagenet
+    profile: SparsityProfile | None = None  # per-layer sparsity around the target; None = uniform
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -155,6 +171,9 @@ class RunSpec:
         d.pop("image_evals")
         if self.image_evals:
             d["image_evals"] = [e.identity() for e in self.image_evals]
+        d.pop("profile")
+        if self.profile is not None:
+            d["profile"] = asdict(self.profile)
         d["model"] = self.model.identity()
         d["calibration"] = self.calibration.identity()
         return d
@@ -191,6 +210,7 @@ class RunSpec:
             version=d.get("version", SPEC_VERSION),
             lm_eval=LmEvalSpec.from_dict(d["lm_eval"]) if d.get("lm_eval") else None,
             image_evals=tuple(ImageEvalSpec(**e) for e in d.get("image_evals", ())),
+            profile=SparsityProfile(**d["profile"]) if d.get("profile") else None,
         )
 
 

@@ -35,7 +35,7 @@ from harness.ids import ModelIdError, parse_model_id
 from harness.method import ParamsError, build_params, get_method, params_dict
 from harness.registry import UnknownNameError, suggest, unknown_message
 from harness.spec import (CalibrationSpec, ImageEvalSpec, LayerSelection, LmEvalSpec, ModelSpec, PerplexitySpec,
-                          RunSpec, canonical_json)
+                          RunSpec, SparsityProfile, canonical_json)
 from harness.synthetic import target_of
 from harness.target import Target, TargetError
 
@@ -74,14 +74,15 @@ class SuiteError(Exception):
 
 @dataclass(frozen=True)
 class Suite:
-    """A validated suite. ``methods`` holds (name, resolved params) with every default filled in."""
+    """A validated suite. ``methods`` holds (name, resolved params, sparsity profile or None) with
+    every default filled in."""
 
     path: str
     name: str
     description: str
     text: str = field(repr=False)  # the raw YAML, frozen into every stored record
     models: tuple[ModelSpec, ...] = ()
-    methods: tuple[tuple[str, dict[str, Any]], ...] = ()
+    methods: tuple[tuple[str, dict[str, Any], SparsityProfile | None], ...] = ()  # (name, params, profile)
     targets: tuple[Target, ...] = ()
     calibration: CalibrationSpec = field(default_factory=CalibrationSpec)
     perplexity: tuple[PerplexitySpec, ...] = ()
@@ -275,12 +276,45 @@ def _model(ck: _Checker, item: Any, path: str, line: int, base_dir: str) -> Mode
     return ModelSpec(**{**raw, "id": model_id})
 
 
-def _method(ck: _Checker, item: Any, path: str, line: int) -> tuple[str, dict[str, Any]] | None:
+def _number(low: float, high: float) -> Check:
+    def check(ck: _Checker, value: Any, path: str, line: int) -> Any:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value < high:
+            ck.err(line, path, f"expected a number in [{low:g}, {high:g}); got {_got(value)}")
+            return None
+        return float(value)
+    return check
+
+
+_PROFILE_KEYS = {"sparsity_profile": None, "owl_m": _number(1e-9, 1e9), "owl_lmbda": _number(0.0, 0.5)}
+
+
+def _profile(ck: _Checker, item: LineDict, path: str, m: dict[str, Any]) -> SparsityProfile | None | bool:
+    """The method entry's sparsity profile; False when it is invalid (already reported)."""
+    kind = m.get("sparsity_profile", "uniform")
+    if kind not in ("uniform", "owl"):
+        ck.err(item.key_lines["sparsity_profile"], f"{path}.sparsity_profile",
+               f"unknown sparsity profile {kind!r}; choose 'uniform' or 'owl'")
+        return False
+    owl_keys = [k for k in ("owl_m", "owl_lmbda") if k in m]
+    if kind == "uniform":
+        if owl_keys:
+            ck.err(item.key_lines[owl_keys[0]], f"{path}.{owl_keys[0]}", "only with sparsity_profile: owl")
+            return False
+        return None
+    return SparsityProfile("owl", m.get("owl_m", 5.0), m.get("owl_lmbda", 0.08))
+
+
+def _method(ck: _Checker, item: Any, path: str, line: int) -> tuple[str, dict[str, Any], Any] | None:
     name, params, name_path, params_path, params_line = item, None, path, path, line
+    profile = None
     if not isinstance(item, str):
-        m = ck.record(item, path, line, {"name": _str, "params": lambda ck, v, p, ln: v}, ("name",),
-                      expected="a method name or a mapping with 'name' and 'params'")
+        m = ck.record(item, path, line, {"name": _str, "params": lambda ck, v, p, ln: v,
+                                         "sparsity_profile": _str, **{k: c for k, c in _PROFILE_KEYS.items() if c}},
+                      ("name",), expected="a method name or a mapping with 'name' and 'params'")
         if m is None:
+            return None
+        profile = _profile(ck, item, path, m)
+        if profile is False:
             return None
         name, params, name_path, line = m["name"], m.get("params"), f"{path}.name", item.key_lines["name"]
         params_path, params_line = f"{path}.params", item.key_lines.get("params", line)
@@ -288,6 +322,10 @@ def _method(ck: _Checker, item: Any, path: str, line: int) -> tuple[str, dict[st
         cls = get_method(name)
     except UnknownNameError as exc:
         ck.err(line, name_path, str(exc))
+        return None
+    if profile is not None and (not cls.modifies_weights or getattr(cls, "level", "layer") != "layer"):
+        ck.err(item.key_lines["sparsity_profile"], f"{path}.sparsity_profile",
+               f"a sparsity profile applies to layer-wise pruning methods; '{name}' is not one")
         return None
     if params is not None and not isinstance(params, LineDict):  # `params:` left empty means none
         ck.err(params_line, params_path, f"expected a mapping of {name} params; got {_got(params)}")
@@ -310,7 +348,7 @@ def _method(ck: _Checker, item: Any, path: str, line: int) -> tuple[str, dict[st
     except (TypeError, ValueError) as exc:  # raised by a Params __post_init__: still the user's input
         ck.err(params_line, params_path, f"invalid {name} params: {exc}")
         return None
-    return name, resolved
+    return name, resolved, profile
 
 
 def _target(ck: _Checker, value: Any, path: str, line: int) -> Target | None:
@@ -426,7 +464,7 @@ def _parse(ck: _Checker, path: str, text: str, data: Any, line: int) -> Suite | 
         "description": _description,
         "models": lambda ck, v, p, ln: ck.items(v, p, ln, "model id", partial(_model, base_dir=base_dir)),
         "methods": lambda ck, v, p, ln: ck.items(v, p, ln, "method", _method,
-                                                 key=lambda m: (m[0], canonical_json(m[1]))),
+                                                 key=lambda m: (m[0], canonical_json(m[1]), repr(m[2]))),
         "targets": lambda ck, v, p, ln: ck.items(v, p, ln, "target", _target, allow_empty=True),
         "calibration": partial(_calibration, base_dir=base_dir),
         "evals": lambda ck, v, p, ln: ck.record(v, p, ln, _evals(base_dir)),
@@ -454,6 +492,7 @@ def _parse(ck: _Checker, path: str, text: str, data: Any, line: int) -> Suite | 
         ck.err(calibration.key_lines["seed"], "calibration.seed",
                "give seeds once, in the top-level 'seeds' list (each is a cell and its calibration seed)")
     _suite_vision.kind_rules(ck, data, dense_only=all(name == DENSE for name in names))
+    _suite_vision.profile_rules(ck, data)
     if top is None or ck.problems:
         return None
 
@@ -505,8 +544,9 @@ def expand(suite: Suite) -> list[RunSpec]:
     """
     cells: dict[str, RunSpec] = {}
     for model in suite.models:
-        for name, params in suite.methods:
-            targets = ["0"] if name == DENSE else [str(t) for t in suite.targets]
+        for name, params, profile in suite.methods:
+            targets = ["0"] if name == DENSE else [str(t) for t in suite.targets
+                                                   if profile is None or not t.is_nm]  # OWL: unstructured
             if model.problem:  # synthetic: the problem's k sets the sparsity
                 targets = [target_of(dict(model.problem))]
             for target in targets:
@@ -515,6 +555,6 @@ def expand(suite: Suite) -> list[RunSpec]:
                         suite=suite.name, model=model, method=name, params=dict(params), target=target,
                         calibration=replace(suite.calibration, seed=seed), perplexity=suite.perplexity,
                         layers=suite.layers, seed=seed, batch_size=suite.batch_size, lm_eval=suite.lm_eval,
-                        image_evals=suite.image_evals)
+                        image_evals=suite.image_evals, profile=profile)
                     cells.setdefault(spec.run_id, spec)
     return list(cells.values())

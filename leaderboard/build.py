@@ -267,8 +267,13 @@ def build_table(runs: Sequence[Run], *, suite: str, family: str, table_id: str,
     for run in runs:
         ref = refs.get((run.suite, run.model, run.seed))
         method_title = ", ".join(f"{k}={v}" for k, v in sorted(run.params.items()))
+        profile = (run.spec.get("profile") or {}).get("name")  # OWL: non-uniform layer sparsity
+        label = f"{run.method} +{profile}" if profile else run.method
+        if profile:
+            method_title += f"; sparsity profile {profile} " + ", ".join(
+                f"{k}={v}" for k, v in sorted(run.spec["profile"].items()) if k != "name")
         cells = [Cell(run.model, run.model, run.model.lower(), run.model, model_href(run.model)),
-                 Cell(run.method, run.method, run.method, method_title),
+                 Cell(label, label, label, method_title),
                  _target_cell(run)]
         if show_seed:
             cells.append(Cell(run.seed, str(run.seed), run.seed))

@@ -113,6 +113,7 @@ class RecoveryMethod(PruningMethod):
     """
 
     model_kinds: ClassVar[tuple[str, ...]] = ("synthetic",)
+    level: ClassVar[str] = "problem"  # not a layer-wise method: a sparsity profile (OWL) does not apply
     stats = "none"
     needs_calibration = False
 

@@ -1,0 +1,188 @@
+"""I-OBS(T): the Newton points' math, the driver's dense cross-statistics and sequential groups,
+the SparseGPT identity at T=1, η=0, and the measured gain on the zoo Llama."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import tiny_model
+from harness.calibration import prune_sequential
+from harness.method import LayerStats, PruneResult, PruningMethod, build_params, get_method
+from harness.spec import LayerSelection
+from harness.target import Target
+from methods.iobs import mean_token_loss, newton_dense_output, newton_global, prune_iterative
+
+
+def method(name, **params):
+    cls = get_method(name)
+    return cls(build_params(cls, params))
+
+
+def batches(seed=0, n=3, seqlen=16, vocab=128):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, vocab, (2, seqlen), generator=g) for _ in range(n)]
+
+
+def layer_problem(seed=0, d_in=12, d_out=5, n=200):
+    g = torch.Generator().manual_seed(seed)
+    x_d = torch.randn(n, d_in, generator=g, dtype=torch.float64)
+    x_s = x_d + 0.3 * torch.randn(n, d_in, generator=g, dtype=torch.float64)  # inputs after earlier pruning
+    w_d = torch.randn(d_out, d_in, generator=g, dtype=torch.float64)
+    w_t = w_d * (torch.rand(d_out, d_in, generator=g, dtype=torch.float64) > 0.5)  # a sparse iterate
+    return x_d, x_s, w_d, w_t
+
+
+def test_dense_output_newton_point_is_the_ridge_map_at_step_one():
+    x_d, x_s, w_d, w_t = layer_problem()
+    n, d = x_s.shape
+    h, c = x_s.T @ x_s / n, x_d.T @ x_s / n
+    damp = 0.01
+    lam = damp * float(h.diagonal().mean())
+    got = newton_dense_output(w_t, w_d, h, c, eta=1.0, damp=damp).double()
+    # min_W (1/n)||X_s W^T - X_d W_d^T||^2 + lam ||W - W_d||^2, as one stacked least-squares problem
+    a = torch.cat([x_s / n**0.5, lam**0.5 * torch.eye(d, dtype=torch.float64)])
+    b = torch.cat([x_d @ w_d.T / n**0.5, lam**0.5 * w_d.T])
+    ref = torch.linalg.lstsq(a, b).solution.T
+    assert torch.allclose(got, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_dense_output_newton_point_contracts_by_one_minus_eta():
+    x_d, x_s, w_d, w_t = layer_problem(1)
+    n = x_s.shape[0]
+    h, c = x_s.T @ x_s / n, x_d.T @ x_s / n
+    star = newton_dense_output(w_t, w_d, h, c, eta=1.0).double()
+    for eta in (0.25, 0.5, 1.5):
+        got = newton_dense_output(w_t, w_d, h, c, eta=eta).double()
+        assert torch.allclose(got - star, (1 - eta) * (w_t - star), atol=1e-4)
+    # with the dense inputs themselves (X_s = X_d) the minimiser is the dense weight
+    hd = x_d.T @ x_d / n
+    assert torch.allclose(newton_dense_output(w_t, w_d, hd, hd, eta=1.0).double(), w_d, atol=1e-4)
+    assert torch.equal(newton_dense_output(w_t.float(), w_d, h, c, eta=0.0), w_t.float())
+
+
+def test_global_newton_point_preconditions_the_gradient():
+    x_d, x_s, w_d, w_t = layer_problem(2)
+    n, d = x_s.shape
+    h = x_s.T @ x_s / n
+    g = torch.randn_like(w_t)
+    lam = 0.01 * float((2 * h).diagonal().mean())
+    ref = w_t - 0.1 * g @ torch.linalg.inv(2 * h + lam * torch.eye(d, dtype=torch.float64))
+    assert torch.allclose(newton_global(w_t, g, h, 0.1).double(), ref, atol=1e-5)
+
+
+class _Recorder(PruningMethod):
+    """Keeps every layer's statistics; optionally zeroes the weights it is given."""
+
+    name = "recorder"
+    stats = "cross"
+
+    def __init__(self, zero=False, grouped=False):
+        super().__init__()
+        self.zero, self.sequential_groups, self.seen, self.order, self._dense = zero, grouped, {}, [], {}
+
+    def prepare(self, weights, target):
+        self._dense = {n: w.detach().clone() for n, w in weights.items()}
+
+    def dense_weights(self):
+        return self._dense
+
+    def prune(self, name, weight, stats, target):
+        self.seen[name], _ = stats, self.order.append(name)
+        return PruneResult(torch.zeros_like(weight) if self.zero else weight)
+
+
+@pytest.mark.parametrize("family", ["opt", "llama"])
+def test_cross_moment_equals_hessian_until_something_is_pruned(family):
+    keep = _Recorder()
+    prune_sequential(tiny_model(family), batches(), keep, Target(0.5))
+    assert all(torch.equal(s.cross, s.hessian) for s in keep.seen.values())
+
+    zero = _Recorder(zero=True)  # zeroing every layer: block 1 sees constant sparse inputs
+    model = tiny_model(family)
+    prune_sequential(model, batches(), zero, Target(0.5))
+    later = [s for n, s in zero.seen.items() if ".1." in n]
+    assert later and all(not torch.allclose(s.cross, s.hessian) for s in later)
+    # X_d^T X_d of the same layer in an untouched model is the dense part of the cross-moment
+    ref = _Recorder()
+    prune_sequential(tiny_model(family), batches(), ref, Target(0.5))
+    first = [n for n in zero.seen if ".0." in n]
+    assert all(torch.equal(zero.seen[n].hessian, ref.seen[n].hessian) for n in first[:3])
+
+
+def test_sequential_groups_prune_in_forward_order_with_fresh_statistics():
+    block = _Recorder(zero=True, grouped=False)
+    prune_sequential(tiny_model("llama"), batches(), block, Target(0.5))
+    grouped = _Recorder(zero=True, grouped=True)
+    prune_sequential(tiny_model("llama"), batches(), grouped, Target(0.5))
+    short = [n.rsplit(".", 1)[-1] for n in grouped.order[:7]]
+    assert short == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    o = "model.layers.0.self_attn.o_proj"
+    # after q,k,v were zeroed, o_proj's input (attention of zero values) is zero in grouped mode only
+    assert float(grouped.seen[o].hessian.abs().max()) == 0.0
+    assert float(block.seen[o].hessian.abs().max()) > 0.0
+
+
+@pytest.mark.parametrize("target", ["0.5", "2:4"])
+def test_one_round_with_zero_step_is_sparsegpt_bit_for_bit(target):
+    cal = batches(n=4)
+    ref = tiny_model("llama")
+    prune_sequential(ref, cal, method("sparsegpt", blocksize=16), Target.parse(target))
+    model = tiny_model("llama")
+    iobs = method("iobs", iterations=1, step_size=0.0, blocksize=16)
+    prune_iterative(model, cal, [], iobs, Target.parse(target), device="cpu", selection=LayerSelection())
+    for (name, a), (_, b) in zip(ref.named_parameters(), model.named_parameters()):
+        assert torch.equal(a, b), name
+
+
+def test_validation_selection_keeps_the_best_round():
+    cal, val = batches(n=4), batches(seed=9, n=2)
+    model = tiny_model("llama")
+    iobs = method("iobs", iterations=3, step_size=1.5, blocksize=16)
+    _, log = prune_iterative(model, cal, val, iobs, Target(0.6), device="cpu", selection=LayerSelection())
+    assert 1 <= log.chosen <= len(log.val_loss) == len(log.round_time_s)
+    assert mean_token_loss(model, val, "cpu") == pytest.approx(min(log.val_loss), rel=1e-6)
+    if log.stopped_early:
+        assert log.val_loss[-1] > log.val_loss[0]
+
+
+def test_global_grad_objective_moves_weights_and_meets_the_target():
+    model = tiny_model("opt")
+    iobs = method("iobs", objective="global_grad", loss="ce", iterations=2, blocksize=16)
+    assert iobs.params.step_size == 0.1 and iobs.stats == "hessian"
+    reports, _ = prune_iterative(model, batches(n=4), batches(seed=5, n=2), iobs, Target(0.5), device="cpu",
+                                 selection=LayerSelection())
+    assert all(r.info["newton_rel_step"] > 0 for r in reports)
+    for r in reports:
+        w = model.get_submodule(r.name).weight
+        assert abs(float((w == 0).float().mean()) - 0.5) <= 1 / w.shape[1] + 1e-3
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"step_size": 3.0}, "step_size"), ({"iterations": 0}, "iterations"), ({"objective": "dense"}, "objective"),
+])
+def test_bad_params_are_refused(params, message):
+    from harness.method import ParamsError
+
+    with pytest.raises(ParamsError, match=message):
+        build_params(get_method("iobs"), params)
+
+
+def test_iobs_beats_one_shot_sparsegpt_on_the_zoo_llama():
+    """The default (dense-output objective, η 0.5, validation-selected) on real trained weights."""
+    from harness import data
+    from harness.models import load_model
+    from harness.spec import ModelSpec
+
+    spec = ModelSpec("zoo:tiny-llama")
+    tok = load_model(spec, device="cpu").tokenizer
+    cal = list(data.calibration_tokens("pydoc", tok, 32, 128, 0).split(16))
+    val = list(data.validation_tokens("pydoc", tok, 32, 16, 128, 0).split(16))
+    test = data.test_tokens("pydoc", tok, 128)[:, : 128 * 24]
+    target = Target(0.7)
+    ref = load_model(spec, device="cpu").model
+    prune_sequential(ref, cal, method("sparsegpt"), target)
+    model = load_model(spec, device="cpu").model
+    _, log = prune_iterative(model, cal, val, method("iobs", iterations=3), target, device="cpu",
+                             selection=LayerSelection())
+    one_shot, iterative = data.perplexity(ref, test, 128).value, data.perplexity(model, test, 128).value
+    assert iterative < 0.97 * one_shot, (one_shot, iterative, log)
