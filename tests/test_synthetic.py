@@ -192,6 +192,8 @@ def test_cli_lists_problems_and_dry_runs_the_shipped_suite(capsys: pytest.Captur
     ("name: s\nmodels: [synthetic:gaussian, zoo:tiny-llama]\nmethods: [iht]\n", "not both", 2),
     ("name: s\nmodels: [synthetic:gaussian]\nmethods:\n  - {name: iht, params: {eta: -1}}\n", "eta must be > 0", 4),
     ("name: s\nmodels: [synthetic:gaussian]\nmethods: [iht]\nevals: {perplexity: []}\n", "not used with", 4),
+    ("name: s\nmodels: [synthetic:gaussian]\nmethods:\n  - {name: iht, sparsity_profile: owl}\n",
+     "'iht' is not one", 4),
 ])
 def test_validator_rejects_mismatches_with_file_and_line(tmp_path: Path, text: str, expect: str, line: int):
     path = _suite(tmp_path, text)
