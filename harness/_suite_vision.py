@@ -102,10 +102,14 @@ def kind_rules(ck: Any, data: LineDict, dense_only: bool) -> None:
         if kind is not None:
             kinds.setdefault(kind, (models.item_lines[i], str(raw)))
     if len(kinds) > 1:
-        (line, lm), (_, vision) = kinds["lm"], kinds["vision"]
-        ck.err(line, "models", f"a suite holds language models or image classifiers, not both ({lm} and {vision}); "
+        words = {"lm": "language models", "vision": "image classifiers", "synthetic": "synthetic problems"}
+        a, b = [k for k in words if k in kinds][:2]
+        (line, first), (_, second) = kinds[a], kinds[b]
+        ck.err(line, "models", f"a suite holds {words[a]} or {words[b]}, not both ({first} and {second}); "
                                "split it into two suites")
         return
+    if "synthetic" in kinds:
+        return  # harness._suite_synthetic judges synthetic suites
     if not kinds:
         return
     kind, (_, first) = next(iter(kinds.items()))
@@ -137,9 +141,9 @@ def profile_rules(ck: Any, data: LineDict) -> None:
             kind = model_kind(parse_model_id(raw))
         except ModelIdError:
             continue
-        if kind == "vision":
+        if kind in ("vision", "synthetic"):
             i, m = profiled[0]
+            what = "an image classifier" if kind == "vision" else "a synthetic problem"
             ck.err(m.key_lines["sparsity_profile"], f"methods[{i}].sparsity_profile",
-                   f"sparsity_profile owl is measured over a language model's decoder blocks; {raw} is an "
-                   "image classifier")
+                   f"sparsity_profile owl is measured over a language model's decoder blocks; {raw} is {what}")
             return

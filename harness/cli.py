@@ -151,8 +151,12 @@ def cmd_ls(args) -> int:
             table.add_row(f"zoo:{z}", "tiny offline LM trained by sparsebench on stdlib English text")
         for z in VISION_ZOO_NAMES:
             table.add_row(f"zoo:{z}", "tiny offline image classifier (timm) trained by sparsebench on sklearn digits")
+        from harness.synthetic import PROBLEMS
+
+        for name, what in PROBLEMS.items():
+            table.add_row(f"synthetic:{name}", what)
         for src, what in SOURCES.items():
-            if src != "zoo":
+            if src not in ("zoo", "synthetic"):
                 table.add_row(f"{src}:...", what)
     else:
         from harness.data import DATASETS

@@ -1,5 +1,5 @@
 """Model ids carry a source prefix: ``zoo:tiny-llama``, ``hf:facebook/opt-125m``,
-``timm:resnet50.tv_in1k``, ``path:/models/x``.
+``timm:resnet50.tv_in1k``, ``path:/models/x``, ``synthetic:gaussian``.
 
 One parser handles them all and rejects ambiguous input, as timm's ``parse_model_name`` does.
 Light on imports: the suite validator uses it before torch is loaded (whether a ``timm:`` name
@@ -19,13 +19,16 @@ SOURCES = {
     "hf": "Hugging Face hub id, loaded with from_pretrained",
     "timm": "a timm model name with an optional pretrained tag (resnet50.tv_in1k); weights from the hub "
             "or a local file given as the model's 'weights:'",
+    "synthetic": "a sparse linear-regression problem (gaussian, digit) for iht, topk_iobs, iobs_obc; settings "
+                 "in the model's 'problem:' mapping",
     "path": "a local folder (absolute, or relative to the suite): save_pretrained (LM), or a timm "
             "checkpoint folder whose config.json names an 'architecture' (vision)",
 }
 LM_ZOO_NAMES = ("tiny-llama", "tiny-opt")  # kept in step with harness.zoo.ZOO_MODELS (a test checks)
 VISION_ZOO_NAMES = ("tiny-resnet", "tiny-vit")  # kept in step with harness.zoo.VISION_ZOO_MODELS
 ZOO_NAMES = LM_ZOO_NAMES + VISION_ZOO_NAMES
-KINDS = ("lm", "vision")  # causal language model, image classifier
+SYNTHETIC_NAMES = ("gaussian", "digit")  # kept in step with harness.synthetic.PROBLEMS (a test checks)
+KINDS = ("lm", "vision", "synthetic")  # causal language model, image classifier, sparse-recovery problem
 _HF_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*(/[A-Za-z0-9][A-Za-z0-9_.\-]*)?$")
 _TIMM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*(\.[A-Za-z0-9][A-Za-z0-9_\-]*)?$")  # arch[.tag]
 
@@ -64,6 +67,11 @@ def parse_model_id(model_id: object) -> ModelRef:
         close = suggest(name, list(ZOO_NAMES))
         hint = f" Did you mean: {', '.join('zoo:' + c for c in close)}?" if close else ""
         raise ModelIdError(f"Unknown zoo model '{name}'.{hint} Available: {', '.join('zoo:' + z for z in ZOO_NAMES)}")
+    if source == "synthetic" and name not in SYNTHETIC_NAMES:
+        close = suggest(name, list(SYNTHETIC_NAMES))
+        hint = f" Did you mean: {', '.join('synthetic:' + c for c in close)}?" if close else ""
+        raise ModelIdError(f"Unknown synthetic problem '{name}'.{hint} Available: "
+                           f"{', '.join('synthetic:' + z for z in SYNTHETIC_NAMES)}")
     if source == "hf" and not _HF_ID.match(name):
         raise ModelIdError(f"'{name}' is not a Hugging Face model id (expected 'org/name')")
     if source == "timm" and not _TIMM_NAME.match(name):
@@ -74,7 +82,7 @@ def parse_model_id(model_id: object) -> ModelRef:
 
 
 def model_kind(ref: ModelRef) -> str | None:
-    """``"lm"`` or ``"vision"`` for a parsed id; None for a ``path:`` folder that cannot be read here.
+    """``"lm"``, ``"vision"`` or ``"synthetic"`` for a parsed id; None for a ``path:`` folder that cannot be read here.
 
     A ``path:`` folder is vision when its ``config.json`` names an ``architecture`` (timm's
     format; transformers writes ``architectures``).
@@ -83,6 +91,8 @@ def model_kind(ref: ModelRef) -> str | None:
         return "vision" if ref.name in VISION_ZOO_NAMES else "lm"
     if ref.source == "timm":
         return "vision"
+    if ref.source == "synthetic":
+        return "synthetic"
     if ref.source == "hf":
         return "lm"
     try:

@@ -75,6 +75,7 @@ class PruningMethod:
     needs_calibration: ClassVar[bool] = True
     modifies_weights: ClassVar[bool] = True  # False only for the dense baseline
     origin: ClassVar[str] = "builtin"
+    model_kinds: ClassVar[tuple[str, ...]] = ("lm", "vision")  # harness.ids.KINDS this method applies to
 
     def __init__(self, params: Any = None) -> None:
         self.params = params if params is not None else self.Params()

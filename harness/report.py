@@ -99,9 +99,13 @@ def grid_table(suite: Any, cells: list[RunSpec]) -> Table:
         evals.append("lm-eval " + ", ".join(suite.lm_eval.tasks))
     evals += [f"{e.dataset} top-1" for e in suite.image_evals]
     shape = f"{cal.n_samples}x{cal.seqlen}" if cal.seqlen else f"{cal.n_samples} images"
+    caption = f"calibration {cal.dataset} {shape}; evals: {', '.join(evals) or 'none'}"
+    if suite.models and all(m.problem for m in suite.models):
+        caption = "synthetic sparse recovery: target = 1 - k/d; metrics final_dist, steps_to_tol, dist_at_10, " \
+                  "support_recall (medians over each cell's trials)"
     t = Table(
         title=f"{suite.name}: {len(cells)} cells",
-        caption=f"calibration {cal.dataset} {shape}; evals: {', '.join(evals) or 'none'}",
+        caption=caption,
         header_style="bold",
     )
     t.add_column("run id", no_wrap=True)
@@ -112,38 +116,63 @@ def grid_table(suite: Any, cells: list[RunSpec]) -> Table:
     t.add_column("params")
     for c in cells:
         params = ", ".join(f"{k}={v}" for k, v in c.params.items()) or "-"
-        t.add_row(c.short_id[:8], c.model.id, method_label(c), c.target, str(c.seed), params)
+        t.add_row(c.short_id[:8], c.model.label, method_label(c), c.target, str(c.seed), params)
     return t
 
 
 def summary_table(title: str, results: list[CellResult]) -> Table:
     """Rows model x method x target; a column per headline metric, and the first metric's
-    recovery vs the dense row of the same model and seed (100% = as good as dense)."""
+    recovery vs the dense row of the same model and seed (100% = as good as dense). A method
+    listed with several params gets a column of the params that tell its rows apart; a suite of
+    synthetic problems (no dense model) has no recovery column."""
     metrics: list[str] = []
     for r in results:
         metrics += [m for m in r.metrics if m not in metrics]
     dense = {(r.spec.model.id, r.spec.seed): r.metrics for r in results if r.spec.method == "dense"}
+    with_recovery = not all(r.spec.model.problem for r in results)
+    varying = _varying_params(results)
     t = Table(title=title, header_style="bold")
     for col in ("model", "method", "target"):
         t.add_column(col, no_wrap=True)
+    if varying:
+        t.add_column("params", no_wrap=True)
     t.add_column("status")
     t.add_column("sparsity", justify="right")
     for i, m in enumerate(metrics):
         t.add_column(m.replace("/", "/\n", 1), justify="right")
-        if i == 0:
+        if i == 0 and with_recovery:
             t.add_column("vs dense", justify="right")
     for r in results:
-        row = [r.spec.model.id, method_label(r.spec), r.spec.target, r.status,
-               f"{r.sparsity:.3f}" if r.sparsity is not None else "-"]
+        row = [r.spec.model.label, method_label(r.spec), r.spec.target]
+        if varying:
+            row.append(",".join(f"{k}={r.spec.params[k]}" for k in varying.get(r.spec.method, ())) or "-")
+        row += [r.status, f"{r.sparsity:.3f}" if r.sparsity is not None else "-"]
         ref = dense.get((r.spec.model.id, r.spec.seed), {})
         for i, m in enumerate(metrics):
-            v = r.metrics.get(m)
-            row.append(f"{v:.3f}" if v is not None and abs(v) < 10 else f"{v:.2f}" if v is not None else "-")
-            if i == 0:
-                rec = recovery(v, ref.get(m), m) if r.spec.method != "dense" else None
+            row.append(_number(r.metrics.get(m)))
+            if i == 0 and with_recovery:
+                rec = recovery(r.metrics.get(m), ref.get(m), m) if r.spec.method != "dense" else None
                 row.append(f"{rec:.1f}%" if rec is not None else "-")
         t.add_row(*row)
     return t
+
+
+def _number(v: float | None) -> str:
+    if v is None:
+        return "-"
+    if v != 0 and abs(v) < 1e-3:
+        return f"{v:.2e}"  # distances near machine precision
+    return f"{v:.3f}" if abs(v) < 10 else f"{v:.2f}"
+
+
+def _varying_params(results: list[CellResult]) -> dict[str, list[str]]:
+    """method -> the params whose values differ between its cells (empty when none differ)."""
+    seen: dict[str, dict[str, set]] = {}
+    for r in results:
+        for k, v in r.spec.params.items():
+            seen.setdefault(r.spec.method, {}).setdefault(k, set()).add(repr(v))
+    out = {m: [k for k, vals in ps.items() if len(vals) > 1] for m, ps in seen.items()}
+    return {m: ks for m, ks in out.items() if ks}
 
 
 def results_table(store: Any, suite: str | None) -> Table:

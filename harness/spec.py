@@ -22,12 +22,29 @@ class ModelSpec:
     revision: str | None = None  # hf: git revision / tag
     trust_remote_code: bool = False
     weights: str | None = None  # timm: a local checkpoint file instead of the hub's (in the run id when set)
+    problem: tuple[tuple[str, Any], ...] = ()  # synthetic: the resolved problem settings, sorted (key, value)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.problem, dict):  # from a stored spec's JSON
+            object.__setattr__(self, "problem", tuple(sorted(self.problem.items())))
 
     def identity(self) -> dict[str, Any]:
         d = asdict(self)
         if d["weights"] is None:  # absent unless set, so the run ids of earlier suites stay as they were
             del d["weights"]
+        d.pop("problem")
+        if self.problem:
+            d["problem"] = dict(self.problem)
         return d
+
+    @property
+    def label(self) -> str:
+        """How the model is shown and stored: the id, plus a synthetic problem's non-default settings."""
+        if not self.problem:
+            return self.id
+        from harness.synthetic import label
+
+        return label(self.id.split(":", 1)[1], dict(self.problem))
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, fields, replace
 from functools import partial
 from typing import Any, Callable, Iterable
 
-from harness import _suite_vision
+from harness import _suite_synthetic, _suite_vision
 from harness._yaml import LineDict, LineList, YamlError, load_file
 from harness.data import dataset_names, text_dataset_names
 from harness.ids import ModelIdError, parse_model_id
@@ -36,6 +36,7 @@ from harness.method import ParamsError, build_params, get_method, params_dict
 from harness.registry import UnknownNameError, suggest, unknown_message
 from harness.spec import (CalibrationSpec, ImageEvalSpec, LayerSelection, LmEvalSpec, ModelSpec, PerplexitySpec,
                           RunSpec, SparsityProfile, canonical_json)
+from harness.synthetic import target_of
 from harness.target import Target, TargetError
 
 log = logging.getLogger(__name__)
@@ -240,6 +241,7 @@ _MODEL: dict[str, Check] = {
     "revision": _str,
     "trust_remote_code": _bool,
     "weights": _str,
+    "problem": lambda ck, v, p, ln: v,  # synthetic: only; judged by _suite_synthetic.model_problem
 }
 
 
@@ -261,6 +263,10 @@ def _model(ck: _Checker, item: Any, path: str, line: int, base_dir: str) -> Mode
                    "file instead of the hub's); other sources name their folder in the id")
             return None
         raw["weights"] = _suite_vision.resolve_path(raw["weights"], base_dir)
+    problem = _suite_synthetic.model_problem(ck, item, raw, model_id, path)
+    if problem is None:
+        return None
+    raw["problem"] = problem
     if model_id.startswith("timm:"):  # imports timm, only for suites that name timm models
         from harness.models import timm_name_problem
 
@@ -474,7 +480,8 @@ def _parse(ck: _Checker, path: str, text: str, data: Any, line: int) -> Suite | 
     # Rules across keys, judged on the raw data so they are reported next to any other problem.
     methods = data.get("methods") if isinstance(data.get("methods"), list) else []
     names = [m.get("name") if isinstance(m, dict) else m for m in methods]
-    if any(name != DENSE for name in names):
+    synthetic = _suite_synthetic.kind_rules(ck, data)  # methods vs model kinds; keys synthetic suites lack
+    if any(name != DENSE for name in names) and not synthetic:
         if "targets" not in data:
             ck.err(data.line, "", "missing required key 'targets' (every method but dense needs one), "
                                   "e.g. targets: [0.5, '2:4']")
@@ -531,7 +538,8 @@ def load_suite(path: str | os.PathLike[str]) -> Suite:
 def expand(suite: Suite) -> list[RunSpec]:
     """The suite's cells: models x methods x targets x seeds, nested in that order.
 
-    ``dense`` ignores the targets and gives one cell per model and seed, with target "0".
+    ``dense`` ignores the targets and gives one cell per model and seed, with target "0"; a
+    ``synthetic:`` model has the one target its problem sets, 1 − k/d.
     Identical cells (same run id) appear once, at their first position.
     """
     cells: dict[str, RunSpec] = {}
@@ -539,6 +547,8 @@ def expand(suite: Suite) -> list[RunSpec]:
         for name, params, profile in suite.methods:
             targets = ["0"] if name == DENSE else [str(t) for t in suite.targets
                                                    if profile is None or not t.is_nm]  # OWL: unstructured
+            if model.problem:  # synthetic: the problem's k sets the sparsity
+                targets = [target_of(dict(model.problem))]
             for target in targets:
                 for seed in suite.seeds:
                     spec = RunSpec(
