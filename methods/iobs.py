@@ -127,6 +127,7 @@ class IOBS(PruningMethod):
                 raise ValueError("blocksize must be positive, dampening_frac in [0, 10), newton_damp in (0, 10)")
 
     level = "model"  # runs the layer-sequential driver T times, with a validation score in between
+    model_kinds = ("lm",)  # the dense stream of activations is carried through decoder blocks
 
     def __init__(self, params: Any = None) -> None:
         super().__init__(params)
