@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -54,6 +55,7 @@ class SlurmExecutor:
     folder: str | None = None  # submitit's logs and pickles; None: <store root>/slurm
     cluster: str = "slurm"  # "slurm", or "local" (submitit's local executor, no Slurm)
     poll_s: float = 1.0  # seconds between polls of the jobs' states
+    cell_fn: Callable[[RunSpec, str, str, str], str] = slurm_cell  # what a task runs (module-level)
 
     def run(self, batch: Batch) -> None:
         if not batch.cells:
@@ -74,7 +76,7 @@ class SlurmExecutor:
         device = batch.device or ("cuda" if self.gpus_per_job else "cpu")
         n = len(batch.cells)
         submitted = datetime.now(timezone.utc)
-        jobs = executor.map_array(slurm_cell, batch.cells, [batch.suite_text] * n,
+        jobs = executor.map_array(self.cell_fn, batch.cells, [batch.suite_text] * n,
                                   [str(batch.store.db_path)] * n, [device] * n)
         array = jobs[0].job_id.split("_")[0]
         batch.reporter.note(f"submitted {n} cells as {self.cluster} job array {array}; logs in {folder / array}*")
