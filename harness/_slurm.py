@@ -129,8 +129,9 @@ class SlurmExecutor:
             pass
         if cancelled:
             return  # stopped before it started: "not run"
-        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        why = f"{self.cluster} job {job.job_id} ended without a result: {type(error).__name__}: {first}"
+        lines = [ln.strip() for ln in str(error).strip().splitlines() if ln.strip()] or [""]
+        detail = lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}"  # a trace: its last line
+        why = f"{self.cluster} job {job.job_id} ended without a result: {type(error).__name__}: {detail}"
         log.warning("%s", why)
         record = failed_record(spec, batch, device, why, str(error))
         batch.store.write_record(record)
