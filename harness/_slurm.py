@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from harness.executors import Batch, failed_record
+from harness.executors import Batch, ExecutorError, failed_record
 from harness.spec import RunSpec
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ class SlurmExecutor:
         try:
             import submitit
         except ImportError as exc:
-            raise RuntimeError("--executor slurm needs submitit: pip install 'sparsebench[slurm]'") from exc
+            raise ExecutorError("--executor slurm needs submitit: pip install 'sparsebench[slurm]'") from exc
         folder = Path(self.folder) if self.folder else batch.store.root / "slurm"
         executor = submitit.AutoExecutor(folder=folder / "%j", cluster=self.cluster)
         params: dict[str, Any] = {"timeout_min": self.timeout_min, "name": "sparsebench",
@@ -76,8 +76,13 @@ class SlurmExecutor:
         device = batch.device or ("cuda" if self.gpus_per_job else "cpu")
         n = len(batch.cells)
         submitted = datetime.now(timezone.utc)
-        jobs = executor.map_array(self.cell_fn, batch.cells, [batch.suite_text] * n,
-                                  [str(batch.store.db_path)] * n, [device] * n)
+        try:
+            jobs = executor.map_array(self.cell_fn, batch.cells, [batch.suite_text] * n,
+                                      [str(batch.store.db_path)] * n, [device] * n)
+        except Exception as exc:  # sbatch refused: bad partition, no such account, limits
+            lines = [ln for ln in str(exc).splitlines() if ln.strip()] or [type(exc).__name__]
+            raise ExecutorError(f"could not submit the job array ({lines[-1].strip()}); check --partition, "
+                                f"--gpus-per-job and --timeout-min against `sinfo`") from exc
         array = jobs[0].job_id.split("_")[0]
         batch.reporter.note(f"submitted {n} cells as {self.cluster} job array {array}; logs in {folder / array}*")
         for i, spec in enumerate(batch.cells):
@@ -116,10 +121,17 @@ class SlurmExecutor:
         path = batch.store.run_dir(spec.run_id) / RECORD_FILE
         try:
             job.result()
-            batch.finish(read_record(path))
-            return
         except Exception as exc:  # the task died without returning (cancelled, timeout, killed)
-            error = exc
+            error: Exception = exc
+        else:
+            try:
+                record = read_record(path)
+            except (RecordError, OSError) as exc:
+                error = RuntimeError(f"the task finished but its record {path} is missing or invalid ({exc}); "
+                                     "is the results folder on a file system the nodes share?")
+            else:
+                batch.finish(record)
+                return
         try:  # it may have written its record before it was killed
             record = read_record(path)
             if datetime.fromisoformat(record["started_at"]) >= submitted:

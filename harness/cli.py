@@ -110,6 +110,7 @@ def cmd_run(args) -> int:
         console.print(grid_table(suite, cells))
         return EXIT_OK
     _set_offline(args, suite, console)
+    from harness.executors import ExecutorError
     from harness.runner import run_suite
     from harness.store import Store, StoreBusy, StoreSchemaError
 
@@ -133,7 +134,7 @@ def cmd_run(args) -> int:
             "run the same command again to resume.[/]"
         )
         return EXIT_INTERRUPTED
-    except (StoreBusy, StoreSchemaError, RuntimeError) as err:
+    except (StoreBusy, StoreSchemaError, ExecutorError) as err:
         return _store_problem(err)
     console.print(summary_table(suite.name, results))
     failed = [r for r in results if r.status == "failed"]

@@ -37,6 +37,10 @@ log = logging.getLogger(__name__)
 EXECUTORS = ("local", "inline", "slurm")
 
 
+class ExecutorError(RuntimeError):
+    """An executor cannot run cells at all (workers do not start, a job array is refused)."""
+
+
 @dataclass
 class Batch:
     """The cells an executor runs, and where their records go."""
@@ -279,7 +283,7 @@ class LocalExecutor:
         if not w.ready:  # it never took a cell; do not restart it in a loop
             log.warning("%s while starting", why)
             if not self.workers:
-                raise RuntimeError(f"the worker processes could not start ({why}); run with "
+                raise ExecutorError(f"the worker processes could not start ({why}); run with "
                                    "--executor inline to see the error in this process")
             return
         if w.spec is not None:
@@ -338,7 +342,7 @@ def _slots(device: str | None, jobs: int) -> tuple[list[str], int | None]:
                 log.warning("%d workers share %d GPUs", jobs, len(gpus))
             return [f"cuda#{gpus[i % len(gpus)]}" for i in range(jobs)], None
         if device == "cuda":
-            raise ValueError("--device cuda was asked for, but no CUDA GPU is visible")
+            raise ExecutorError("--device cuda was asked for, but no CUDA GPU is visible; use --device cpu")
         device = "cpu"
     threads = max(1, (os.cpu_count() or 1) // jobs) if device == "cpu" and jobs > 1 else None
     return [device] * jobs, threads

@@ -20,7 +20,7 @@ from scale_helpers import (
     write_suite,
 )
 
-from harness.executors import LocalExecutor, _slots, describe_exit
+from harness.executors import ExecutorError, LocalExecutor, _slots, describe_exit
 from harness.runner import Reporter, new_record, run_suite
 from harness.store import Store
 from harness.suite import load_suite
@@ -94,7 +94,7 @@ def test_slots_and_exit_descriptions(monkeypatch):
     assert devices == ["cpu", "cpu"] and threads == max(1, (os.cpu_count() or 1) // 2)
     monkeypatch.setattr(ex, "_gpu_ids", lambda: [])
     assert _slots(None, 1) == (["cpu"], None)
-    with pytest.raises(ValueError, match="no CUDA GPU"):
+    with pytest.raises(ExecutorError, match="no CUDA GPU"):
         _slots("cuda", 1)
     assert describe_exit(-9) == "worker died with signal 9 (killed; out of memory?)"
     assert describe_exit(-11) == "worker died with signal 11 (segmentation fault)"

@@ -99,3 +99,11 @@ def test_real_slurm_task_killed_is_stored_as_failed(tmp_path, slurm_cluster, sac
     (res,) = run_suite(suite, store=store, device="cpu", executor=ex)
     assert res.status == "failed" and res.error.startswith("slurm job ") and "ended without a result" in res.error
     assert store.query("SELECT status FROM runs") == [("failed",)]
+
+
+def test_real_slurm_refusal_is_one_line(tmp_path, slurm_cluster, sacct_on_path):
+    out = run_harness("run", str(write_suite(tmp_path)), "--db", str(tmp_path / "sb.duckdb"),
+                      "--executor", "slurm", "--partition", "no-such-partition",
+                      env=harness_env(PATH=os.environ["PATH"]))
+    assert out.returncode == 2 and "Traceback" not in out.stdout + out.stderr
+    assert "could not submit the job array" in out.stderr and "--partition" in out.stderr
