@@ -141,10 +141,19 @@ class SlurmExecutor:
             pass
         if cancelled:
             return  # stopped before it started: "not run"
-        lines = [ln.strip() for ln in str(error).strip().splitlines() if ln.strip()] or [""]
-        detail = lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}"  # a trace: its last line
-        why = f"{self.cluster} job {job.job_id} ended without a result: {type(error).__name__}: {detail}"
+        why = f"{self.cluster} job {job.job_id} ended without a result: {type(error).__name__}: {_summary(error)}"
         log.warning("%s", why)
         record = failed_record(spec, batch, device, why, str(error))
         batch.store.write_record(record)
         batch.finish(record)
+
+
+def _summary(error: Exception) -> str:
+    """One line from a submitit error: its message before the ``----`` separator, plus the last
+    line of a trace that follows (the exception); log excerpts are left to the record's traceback."""
+    head, _, tail = str(error).strip().partition("\n----")
+    detail = " ".join(ln.strip() for ln in head.splitlines()[:2] if ln.strip())
+    trace = [ln.strip() for ln in tail.splitlines() if ln.strip() and not ln.startswith("---")]
+    if "trace" in head and trace:
+        detail += f" ... {trace[-1]}"
+    return detail

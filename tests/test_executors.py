@@ -37,6 +37,7 @@ class Events(Reporter):
         self.events.append(("end", result.spec.method, result.spec.target, result.status))
 
 
+@pytest.mark.slow  # ~50 s on the shared 2-core machine; the pool also runs in the default tests below
 def test_local_pool_gives_the_same_records_as_inline(tmp_path):
     suite = load_suite(write_suite(tmp_path, targets="0.5, 0.7"))
     inline = run_suite(suite, store=Store(tmp_path / "a" / "sb.duckdb"), device="cpu")
@@ -126,7 +127,7 @@ def _wait_for_line(proc: subprocess.Popen, text: str, timeout: float = 240) -> l
     raise AssertionError(f"{text!r} not seen in:\n{''.join(lines)}")
 
 
-@pytest.mark.parametrize("presses", [1, 2])
+@pytest.mark.parametrize("presses", [1, pytest.param(2, marks=pytest.mark.slow)])
 def test_ctrl_c_stops_cleanly_and_the_rerun_completes(tmp_path, presses):
     suite = write_suite(tmp_path, targets="0.2, 0.4, 0.5, 0.6, 0.8")  # 6 cells
     db = tmp_path / "sb.duckdb"

@@ -20,6 +20,7 @@ from scale_helpers import (
     run_harness,
     run_ids,
     slurm_die_on_magnitude,
+    slurm_marker_or_die,
     write_suite,
 )
 
@@ -68,11 +69,13 @@ def sacct_on_path(monkeypatch):
 def test_submitit_local_executor_collects_records_and_a_killed_task(tmp_path):
     suite = load_suite(write_suite(tmp_path, methods="dense, magnitude", targets="0.5"))
     store = Store(tmp_path / "sb.duckdb")
-    ex = SlurmExecutor(cluster="local", timeout_min=5, poll_s=0.2, cell_fn=slurm_die_on_magnitude)
+    ex = SlurmExecutor(cluster="local", timeout_min=5, poll_s=0.2, cell_fn=slurm_marker_or_die)
     results = run_suite(suite, store=store, device="cpu", executor=ex)
-    assert [(r.spec.method, r.status) for r in results] == [("dense", "ok"), ("magnitude", "failed")]
+    assert [(r.spec.method, r.error) for r in results][0] == ("dense", "written by the task")
     assert results[1].error.startswith("local job ") and "ended without a result" in results[1].error
-    assert store.finished_on_disk() == {r.spec.run_id: r.status for r in results}
+    assert store.finished_on_disk() == {r.spec.run_id: "failed" for r in results}
+    envs = store.query("SELECT method, environment_json FROM runs ORDER BY method")
+    assert envs[0][0] == "dense" and json.loads(envs[0][1])["pid"] != os.getpid()  # another process
     assert list((tmp_path / "slurm").iterdir())  # submitit's logs, next to the store
 
 
