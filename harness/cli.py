@@ -6,13 +6,13 @@ Heavy modules (torch, transformers, duckdb) are imported inside the commands so 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
-import signal
 import sys
 import threading
 from pathlib import Path
+
+from harness._cli_run import add_executor_args, executor_from_args, first_ctrl_c_stops
 
 EXIT_OK, EXIT_FAILED_CELLS, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 DEFAULT_DB = "results/sparsebench.duckdb"
@@ -110,6 +110,8 @@ def cmd_run(args) -> int:
         console.print(grid_table(suite, cells))
         return EXIT_OK
     _set_offline(args, suite, console)
+    from rich.markup import escape
+
     from harness.executors import ExecutorError
     from harness.runner import run_suite
     from harness.store import Store, StoreBusy, StoreSchemaError
@@ -117,13 +119,13 @@ def cmd_run(args) -> int:
     store = Store(args.db, on_wait=lambda msg: console.print(f"[yellow]{msg}[/]"))
     reporter = CliReporter(console)
     try:
-        executor = _executor(args)
+        executor = executor_from_args(args)
     except ValueError as err:
         print(err, file=sys.stderr)
         return EXIT_BAD_INPUT
     stop = threading.Event()
     try:
-        with reporter, _first_ctrl_c_stops(stop, console):
+        with reporter, first_ctrl_c_stops(stop, console):
             results = run_suite(
                 suite, store=store, only=args.only, force=args.force, retry_failed=args.retry_failed,
                 device=args.device, reporter=reporter, executor=executor, stop=stop,
@@ -141,7 +143,7 @@ def cmd_run(args) -> int:
     for r in failed:
         earlier = " (stored earlier)" if r.stored else ""
         console.print(f"[red]failed[/]{earlier} {r.spec.short_id} {r.spec.model.id} {r.spec.method} {r.spec.target}: "
-                      f"{r.error}", markup=True, highlight=False)
+                      f"{escape(r.error or '')}")
     console.print(f"Results: {args.db} (query the 'results' view).")
     if any(r.stored for r in failed):
         console.print("Cells stored as failed are not rerun; add --retry-failed to rerun them.")
@@ -150,52 +152,6 @@ def cmd_run(args) -> int:
         console.print(f"[yellow]Stopped: {len(not_run)} cells not run. Run the same command again to resume.[/]")
         return EXIT_INTERRUPTED
     return EXIT_FAILED_CELLS if failed else EXIT_OK
-
-
-def _executor(args):
-    """The executor the flags ask for; ValueError for a bad combination."""
-    from harness.executors import InlineExecutor, LocalExecutor
-
-    if args.jobs < 1:
-        raise ValueError(f"--jobs must be at least 1, got {args.jobs}")
-    if args.executor != "slurm":
-        given = [f for f in ("partition", "gpus_per_job", "timeout_min", "array_parallelism")
-                 if getattr(args, f) is not None]
-        if given:
-            raise ValueError(f"--{given[0].replace('_', '-')} is for --executor slurm")
-    if args.executor == "inline":
-        if args.jobs != 1:
-            raise ValueError("--executor inline runs one cell at a time; drop --jobs or use --executor local")
-        return InlineExecutor()
-    if args.executor == "local":
-        return LocalExecutor(jobs=args.jobs)
-    from harness._slurm import SlurmExecutor
-
-    return SlurmExecutor(
-        partition=args.partition, gpus_per_job=args.gpus_per_job or 0, timeout_min=args.timeout_min or 60,
-        array_parallelism=args.array_parallelism or 32,
-    )
-
-
-@contextlib.contextmanager
-def _first_ctrl_c_stops(stop, console):
-    """First Ctrl-C: set ``stop`` (cells in flight finish); the second raises KeyboardInterrupt."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def on_sigint(signum, frame):
-        if stop.is_set():
-            raise KeyboardInterrupt
-        stop.set()
-        console.print("[yellow]Ctrl-C: finishing the cell(s) in progress, then stopping "
-                      "(Ctrl-C again stops now and loses them). Rerun the same command to resume.[/]")
-
-    old = signal.signal(signal.SIGINT, on_sigint)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, old)
 
 
 def cmd_reindex(args) -> int:
@@ -413,22 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     net = r.add_mutually_exclusive_group()
     net.add_argument("--offline", action="store_true", help="never contact the Hugging Face hub")
     net.add_argument("--online", action="store_true", help="skip the hub reachability check")
-    x = r.add_argument_group(
-        "where cells run", "Ctrl-C once: finish the cells in flight, then stop; twice: stop now. "
-        "Rerunning the same command runs only what is missing.")
-    x.add_argument("--executor", choices=["local", "inline", "slurm"], default="local",
-                   help="local (default): worker processes on this machine, so a crash (OOM, segfault, "
-                   "CUDA error) fails only its cell; inline: in this process (debugging); slurm: one "
-                   "Slurm array task per cell via submitit (pip install 'sparsebench[slurm]')")
-    x.add_argument("--jobs", type=int, default=1, metavar="N",
-                   help="local: N cells at once, one worker process each; with GPUs, worker i sees only "
-                   "GPU i mod #GPUs (default 1)")
-    x.add_argument("--partition", help="slurm: partition (default: the cluster's default)")
-    x.add_argument("--gpus-per-job", type=int, metavar="N",
-                   help="slurm: GPUs per task (default 0: cells run on the CPU unless --device)")
-    x.add_argument("--timeout-min", type=int, metavar="MIN", help="slurm: time limit per task (default 60)")
-    x.add_argument("--array-parallelism", type=int, metavar="N",
-                   help="slurm: tasks of the array running at once (default 32)")
+    add_executor_args(r)
     r.set_defaults(func=cmd_run)
 
     ri = sub.add_parser(
