@@ -113,7 +113,10 @@ class _ProgressPipe:
         self.conn = conn
 
     def progress(self, task: str, done: int, total: int) -> None:
-        self.conn.send(("progress", task, done, total))
+        try:
+            self.conn.send(("progress", task, done, total))
+        except OSError:  # the parent is gone: still finish the cell and write its record
+            pass
 
     def __getattr__(self, name: str) -> Callable[..., None]:
         return lambda *a, **k: None
