@@ -147,7 +147,10 @@ def _worker_main(conn: Connection, db_path: str, device: str, threads: int | Non
     env = environment(device)
     caches: dict[str, dict] = {"calibration": {}, "tokens": {}}
     reporter = _ProgressPipe(conn)
-    conn.send(("ready",))
+    try:
+        conn.send(("ready",))
+    except OSError:  # the parent died while this worker started
+        return
     while True:
         try:
             msg = conn.recv()

@@ -5,7 +5,9 @@ well under a second each), kills its whole process group (parent and workers) wi
 random moment, checks that nothing on disk or in the database claims a cell that is not really
 done, reruns the same command once and checks the store. Kill moments: a random time during
 start-up, or a random delay after the k-th finished cell (k random), so kills land in start-up,
-inside cells, while records are written and while DuckDB ingests. Executors vary too.
+inside cells, while records are written and while DuckDB ingests. Executors vary too, and in a
+quarter of the trials only the parent is killed: its workers must finish their cell, write an ok
+record (not a failed one) and exit.
 
 The acceptance version (20 trials) is `slow`; three trials run by default.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 import random
 import time
 
+import psutil
 import pytest
 from scale_helpers import assert_all_ok_once, kill_group, run_harness, run_ids, start_harness, write_suite
 
@@ -42,6 +45,13 @@ def _kill_at_random(args: list[str], n_cells: int, rng: random.Random) -> str:
             time.sleep(delay)
             when = f"{delay:.2f}s after cell {seen} of {n_cells} finished"
         done_before = proc.poll() is not None
+        if rng.random() < 0.25 and not done_before:  # only the parent (the OOM killer's choice)
+            orphans = psutil.Process(proc.pid).children(recursive=True)
+            proc.kill()
+            proc.wait(timeout=60)
+            psutil.wait_procs(orphans, timeout=240)  # workers finish their cell, then exit
+            assert not [p for p in orphans if p.is_running()], "a worker outlived its parent by 240 s"
+            return when + f", the parent only ({len(orphans)} workers left to finish)"
         kill_group(proc)
         proc.wait(timeout=60)
         return when + (" (the run had already ended)" if done_before else "")
