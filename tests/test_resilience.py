@@ -59,15 +59,16 @@ def _kill_at_random(args: list[str], n_cells: int, rng: random.Random) -> str:
         proc.stdout.close()
 
 
-def _check_partial(db) -> int:
+def _check_partial(db) -> str:
     """After the kill: every record on disk and every database row is a finished, ok cell."""
     store = Store(db, wait_s=30)
     on_disk = store.finished_on_disk()  # torn or temporary files are not records
     assert set(on_disk.values()) <= {"ok"}, on_disk
+    rows = []
     if db.exists():
         rows = store.query("SELECT run_id, status FROM runs")
         assert all(s == "ok" for _, s in rows) and {r for r, _ in rows} <= set(on_disk), rows
-    return len(on_disk)
+    return f"{len(on_disk)} records on disk, {len(rows)} indexed"
 
 
 def _trials(tmp_path, n: int, seed: int) -> list[str]:
@@ -83,7 +84,7 @@ def _trials(tmp_path, n: int, seed: int) -> list[str]:
         out = run_harness(*args)
         assert out.returncode == 0, f"trial {i} (killed {when}): rerun failed\n{out.stdout}\n{out.stderr}"
         assert_all_ok_once(db, expected)
-        log.append(f"trial {i:2d} {' '.join(args[6:]):30s} killed {when}; {kept} records kept, rerun ok")
+        log.append(f"trial {i:2d} {' '.join(args[6:]):30s} killed {when}; {kept}; rerun ok")
     return log
 
 
