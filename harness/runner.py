@@ -108,7 +108,7 @@ def run_suite(
             store.ingest(record)
         except StoreBusy as exc:  # the record is safe on disk; index it at the end
             busy.append(record["run_id"])
-            log.warning("%s", exc)
+            reporter.note(f"{exc} (the record is kept; indexing is retried at the end)")
         res = CellResult(
             spec_by_id[record["run_id"]], record["status"], headline_metrics(record["metrics"]),
             record["error"], (record.get("sparsity") or {}).get("global"), record["wall_time_s"] or 0.0,
