@@ -181,3 +181,28 @@ def test_reindex_command(tmp_path):
     assert store.query("SELECT * FROM results ORDER BY run_id, metric") == before
     empty = run_harness("reindex", "--store", str(tmp_path / "none" / "sb.duckdb"))
     assert empty.returncode == 2 and "no run directories" in empty.stderr
+
+
+def test_record_waits_on_disk_while_the_database_is_busy(tmp_path):
+    from harness.store import StoreBusy
+
+    class BusyOnce(Store):
+        calls = 0
+
+        def ingest(self, record):
+            BusyOnce.calls += 1
+            if BusyOnce.calls == 1:
+                raise StoreBusy("the results database is held by another process")
+            super().ingest(record)
+
+    class Notes(Reporter):
+        notes: list[str] = []
+
+        def note(self, message):
+            self.notes.append(message)
+
+    suite = load_suite(write_suite(tmp_path, methods="dense"))
+    store = BusyOnce(tmp_path / "sb.duckdb")
+    (res,) = run_suite(suite, store=store, device="cpu", reporter=Notes())
+    assert res.status == "ok" and "indexing is retried at the end" in Notes.notes[0]
+    assert stored_runs(store.db_path) == [(res.spec.run_id, "ok")]  # ingest_pending indexed it
