@@ -30,6 +30,19 @@ def resolve_path(value: str, base_dir: str) -> str:
     return value if os.path.isabs(value) else os.path.normpath(os.path.join(os.path.abspath(base_dir), value))
 
 
+def suite_path(ck: Any, value: str, base_dir: str, line: int, path: str) -> str | None:
+    """:func:`resolve_path`, refusing a relative path that climbs out of the suite's folder (as
+    ``path:`` ids do), so a suite cannot quietly reach into unrelated folders."""
+    if not isinstance(value, str):
+        return None  # already reported as "expected a string"
+    rel = os.path.normpath(value)
+    if not os.path.isabs(value) and (rel == os.pardir or rel.startswith(os.pardir + os.sep)):
+        ck.err(line, path, f"relative path '{value}' leaves the suite's folder; use a path inside it "
+                           "or an absolute path")
+        return None
+    return resolve_path(value, base_dir)
+
+
 def _folder_warning(ck: Any, line: int, path: str, root: str | None, split: str) -> None:
     if root is None and not os.environ.get(IMAGENET_ENV):
         ck.warn(line, path, f"no root given and {IMAGENET_ENV} is not set here; the cells fail unless it is "
@@ -53,7 +66,9 @@ def image_eval(dataset: str, base_dir: str) -> Callable[[Any, Any, str, int], Im
         rec = ck.record(value, path, line, schema)
         if rec is None:
             return None
-        root = resolve_path(rec["root"], base_dir) if rec.get("root") else None
+        root = None
+        if rec.get("root"):
+            root = suite_path(ck, rec["root"], base_dir, value.key_lines.get("root", line), f"{path}.root")
         if dataset == "imagenet":
             _folder_warning(ck, value.key_lines.get("root", line), path, root, "val")
         return ImageEvalSpec(dataset, rec.get("limit"), root)
@@ -83,7 +98,9 @@ def calibration_keys(ck: Any, value: LineDict, path: str, base_dir: str) -> dict
                f"digits has {DIGITS_TRAIN} training images; n_samples must be at most that")
     if "root" in value and dataset != "imagenet":
         ck.err(value.key_lines["root"], f"{path}.root", f"'root' is for imagenet; '{dataset}' ships with scikit-learn")
-    root = resolve_path(value["root"], base_dir) if isinstance(value.get("root"), str) else None
+    root = None
+    if isinstance(value.get("root"), str):
+        root = suite_path(ck, value["root"], base_dir, value.key_lines["root"], f"{path}.root")
     if dataset == "imagenet":
         _folder_warning(ck, value.key_lines.get("root", value.line), path, root, "train")
     return {"seqlen": None, "augment_rounds": value.get("augment_rounds", 0), "root": root}

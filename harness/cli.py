@@ -9,7 +9,10 @@ import argparse
 import logging
 import os
 import sys
+import threading
 from pathlib import Path
+
+from harness._cli_run import add_executor_args, executor_from_args, first_ctrl_c_stops
 
 EXIT_OK, EXIT_FAILED_CELLS, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 DEFAULT_DB = "results/sparsebench.duckdb"
@@ -107,15 +110,25 @@ def cmd_run(args) -> int:
         console.print(grid_table(suite, cells))
         return EXIT_OK
     _set_offline(args, suite, console)
+    from rich.markup import escape
+
+    from harness.executors import ExecutorError
     from harness.runner import run_suite
-    from harness.store import Store
+    from harness.store import Store, StoreBusy, StoreSchemaError
 
     store = Store(args.db, on_wait=lambda msg: console.print(f"[yellow]{msg}[/]"))
     reporter = CliReporter(console)
     try:
-        with reporter:
+        executor = executor_from_args(args)
+    except ValueError as err:
+        print(err, file=sys.stderr)
+        return EXIT_BAD_INPUT
+    stop = threading.Event()
+    try:
+        with reporter, first_ctrl_c_stops(stop, console):
             results = run_suite(
-                suite, store=store, only=args.only, force=args.force, device=args.device, reporter=reporter
+                suite, store=store, only=args.only, force=args.force, retry_failed=args.retry_failed,
+                device=args.device, reporter=reporter, executor=executor, stop=stop,
             )
     except KeyboardInterrupt:
         console.print(
@@ -123,12 +136,37 @@ def cmd_run(args) -> int:
             "run the same command again to resume.[/]"
         )
         return EXIT_INTERRUPTED
+    except (StoreBusy, StoreSchemaError, ExecutorError) as err:
+        return _store_problem(err)
     console.print(summary_table(suite.name, results))
     failed = [r for r in results if r.status == "failed"]
     for r in failed:
-        console.print(f"[red]failed[/] {r.spec.short_id} {r.spec.model.id} {r.spec.method} {r.spec.target}: {r.error}")
-    console.print(f"Results: {args.db} (query the 'results' view). Failed cells are retried on the next run.")
+        earlier = " (stored earlier)" if r.stored else ""
+        console.print(f"[red]failed[/]{earlier} {r.spec.short_id} {r.spec.model.id} {r.spec.method} {r.spec.target}: "
+                      f"{escape(r.error or '')}")
+    console.print(f"Results: {args.db} (query the 'results' view).")
+    if any(r.stored for r in failed):
+        console.print("Cells stored as failed are not rerun; add --retry-failed to rerun them.")
+    not_run = [r for r in results if r.status == "not run"]
+    if not_run:
+        console.print(f"[yellow]Stopped: {len(not_run)} cells not run. Run the same command again to resume.[/]")
+        return EXIT_INTERRUPTED
     return EXIT_FAILED_CELLS if failed else EXIT_OK
+
+
+def cmd_reindex(args) -> int:
+    from harness.store import Store, StoreBusy, StoreSchemaError
+
+    store = Store(args.db, on_wait=lambda msg: print(msg, file=sys.stderr))
+    if not store.runs_dir.is_dir():
+        print(f"no run directories at {store.runs_dir}; nothing to index", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        n = store.reindex()
+    except (StoreBusy, StoreSchemaError) as err:
+        return _store_problem(err)
+    print(f"{n} records from {store.runs_dir} indexed into {store.db_path}")
+    return EXIT_OK
 
 
 def cmd_ls(args) -> int:
@@ -327,13 +365,25 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("suite")
     r.add_argument("--db", default=DEFAULT_DB, help=f"results database (default {DEFAULT_DB})")
     r.add_argument("--only", help="run id prefix, or a glob over 'model/method/target'")
-    r.add_argument("--force", action="store_true", help="rerun cells already stored as ok")
+    r.add_argument("--force", action="store_true", help="rerun every cell, even those stored as ok")
+    r.add_argument("--retry-failed", action="store_true",
+                   help="rerun cells stored as failed (by default they are shown, not rerun)")
     r.add_argument("--dry-run", action="store_true", help="print the expanded grid and exit")
     r.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
     net = r.add_mutually_exclusive_group()
     net.add_argument("--offline", action="store_true", help="never contact the Hugging Face hub")
     net.add_argument("--online", action="store_true", help="skip the hub reachability check")
+    add_executor_args(r)
     r.set_defaults(func=cmd_run)
+
+    ri = sub.add_parser(
+        "reindex", help="rebuild the results database from the run directories",
+        description="Drop every table of the results database and rebuild it from "
+        "<db folder>/runs/*/record.json (the source of truth). Also the fix for a database of "
+        "an older schema version or a lost or damaged database file.")
+    ri.add_argument("--db", "--store", dest="db", default=DEFAULT_DB,
+                    help=f"results database; its run dirs are in <its folder>/runs (default {DEFAULT_DB})")
+    ri.set_defaults(func=cmd_reindex)
 
     v = sub.add_parser("validate", help="check suites (schema, methods, params, targets, ids) without running")
     v.add_argument("suites", nargs="+")

@@ -43,7 +43,8 @@ class CliReporter(Reporter):
         self.console = console
         self.bars = _progress(console)
         self.tasks: dict[str, Any] = {}
-        self.t0 = 0.0
+        self.prefix = ""
+        self.started: dict[str, tuple[str, float]] = {}  # run_id -> (line prefix, start time)
 
     def __enter__(self) -> "CliReporter":
         self.bars.__enter__()
@@ -52,15 +53,20 @@ class CliReporter(Reporter):
     def __exit__(self, *exc: Any) -> None:
         self.bars.__exit__(*exc)
 
-    def plan(self, cells: list[RunSpec], skipped: int) -> None:
+    def plan(self, cells: list[RunSpec], skipped: int, failed: int = 0) -> None:
         msg = f"{len(cells)} cells; {len(cells) - skipped} to run"
-        if skipped:
-            msg += f", {skipped} already stored (use --force to rerun)"
+        if skipped - failed:
+            msg += f", {skipped - failed} already stored (use --force to rerun)"
+        if failed:
+            msg += f", {failed} stored as failed (use --retry-failed to rerun)"
         self.console.print(msg)
 
+    def note(self, message: str) -> None:
+        self.console.print(message, markup=False)
+
     def cell_start(self, index: int, total: int, spec: RunSpec) -> None:
-        self.t0 = time.perf_counter()
         self.prefix = f"[{index + 1}/{total}] {cell_label(spec)}"
+        self.started[spec.run_id] = (self.prefix, time.perf_counter())
         for task in self.tasks.values():
             self.bars.remove_task(task)
         self.tasks.clear()
@@ -74,8 +80,9 @@ class CliReporter(Reporter):
         style = "green" if result.status == "ok" else "red"
         metrics = "  ".join(f"{k}={v:.3f}" for k, v in result.metrics.items())
         extra = f" {result.error}" if result.error else ""
+        prefix, t0 = self.started.pop(result.spec.run_id, (cell_label(result.spec), time.perf_counter()))
         self.console.print(
-            f"{self.prefix} [{style}]{result.status}[/] {time.perf_counter() - self.t0:.1f}s {metrics}{extra}"
+            f"{prefix} [{style}]{result.status}[/] {time.perf_counter() - t0:.1f}s {metrics}{extra}"
         )
 
 

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import threading
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, Callable
 
@@ -23,17 +24,22 @@ log = logging.getLogger(__name__)
 @dataclass
 class CellResult:
     spec: RunSpec
-    status: str  # "ok", "failed" or "skipped" (already stored as ok)
+    status: str  # "ok", "failed", "skipped" (already stored as ok) or "not run" (stopped first)
     metrics: dict[str, float] = field(default_factory=dict)
     error: str | None = None
     sparsity: float | None = None
     wall_time_s: float = 0.0
+    stored: bool = False  # from an earlier run, not run now
 
 
 class Reporter:
     """Progress sink. The library calls it; the CLI implements it with rich. Default: silent."""
 
-    def plan(self, cells: list[RunSpec], skipped: int) -> None: ...
+    def plan(self, cells: list[RunSpec], skipped: int, failed: int = 0) -> None:
+        """``skipped`` cells are already stored; ``failed`` of them as failed."""
+
+    def note(self, message: str) -> None:
+        """Something the user should see (a submitted Slurm array, a busy database)."""
 
     def cell_start(self, index: int, total: int, spec: RunSpec) -> None: ...
 
@@ -65,40 +71,64 @@ def run_suite(
     store: Any,
     only: str | None = None,
     force: bool = False,
+    retry_failed: bool = False,
     device: str | None = None,
     reporter: Reporter | None = None,
+    executor: Any = None,
+    stop: threading.Event | None = None,
 ) -> list[CellResult]:
-    """Run every cell of ``suite`` not already stored as ok; return one result per cell."""
-    from harness.env import environment
+    """Run every cell of ``suite`` not already stored; return one result per cell.
+
+    Args:
+        force: rerun every cell, even those stored as ok.
+        retry_failed: rerun cells stored as failed (by default they are reported, not rerun).
+        executor: where cells run (:mod:`harness.executors`); default in this process.
+        stop: once set (e.g. by a first Ctrl-C), no new cell starts; cells in flight finish and
+            the cells never started come back with status ``"not run"``.
+    """
+    from harness.executors import Batch, InlineExecutor
 
     reporter = reporter or Reporter()
-    device = device or default_device()
     cells = select(expand(suite), only)
     store.ingest_pending()  # records a crashed run wrote to disk but never indexed
-    done = store.statuses([c.run_id for c in cells])
-    todo = [c for c in cells if force or done.get(c.run_id) != "ok"]
-    reporter.plan(cells, len(cells) - len(todo))
-    env = environment(device)
-    caches: dict[str, dict] = {"calibration": {}, "tokens": {}}
+    stored = store.statuses([c.run_id for c in cells])
+    rerun = {"ok", "failed"} if force else {"failed"} if retry_failed else set()
+    todo = [c for c in cells if c.run_id not in stored or stored[c.run_id] in rerun]
+    spec_by_id = {c.run_id: c for c in todo}
+    failed_before = sum(1 for c in cells if stored.get(c.run_id) == "failed" and c.run_id not in spec_by_id)
+    reporter.plan(cells, len(cells) - len(todo), failed=failed_before)
     results: dict[str, CellResult] = {}
-    for i, spec in enumerate(todo):
-        reporter.cell_start(i, len(todo), spec)
-        record = run_cell(spec, suite.text, device=device, env=env, caches=caches, reporter=reporter)
-        store.save(record)
+    busy: list[str] = []
+
+    def finish(record: dict[str, Any]) -> None:
+        """The executor wrote ``record`` to its run dir: index it and report it."""
+        from harness.store import StoreBusy
+
+        try:
+            store.ingest(record)
+        except StoreBusy as exc:  # the record is safe on disk; index it at the end
+            busy.append(record["run_id"])
+            reporter.note(f"{exc} (the record is kept; indexing is retried at the end)")
         res = CellResult(
-            spec, record["status"], headline_metrics(record["metrics"]), record["error"],
-            record["sparsity"]["global"], record["wall_time_s"],
+            spec_by_id[record["run_id"]], record["status"], headline_metrics(record["metrics"]),
+            record["error"], (record.get("sparsity") or {}).get("global"), record["wall_time_s"] or 0.0,
         )
-        results[spec.run_id] = res
+        results[res.spec.run_id] = res
         reporter.cell_end(res)
-    stored = _stored_metrics(store, [c.run_id for c in cells if c.run_id not in results])
+
+    executor = executor or InlineExecutor()
+    executor.run(Batch(todo, suite.text, device, store, reporter, stop or threading.Event(), finish))
+    if busy:
+        store.ingest_pending()  # waits up to store.wait_s for the database again
+    previous = _stored_results(store, [c.run_id for c in cells if c.run_id not in results])
     out = []
     for c in cells:
         if c.run_id in results:
             out.append(results[c.run_id])
+        elif c.run_id in spec_by_id or c.run_id not in previous:
+            out.append(CellResult(c, "not run"))  # stopped before it started
         else:
-            metrics, sparsity = stored.get(c.run_id, ({}, None))
-            out.append(CellResult(c, "skipped", metrics, None, sparsity))
+            out.append(replace(previous[c.run_id], spec=c))
     return out
 
 
@@ -107,25 +137,45 @@ def headline_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:
     return {m["name"]: m["value"] for m in rows if m.get("headline") is not False}
 
 
-def _stored_metrics(store: Any, run_ids: list[str]) -> dict[str, tuple[dict[str, float], float | None]]:
-    out: dict[str, tuple[dict[str, float], float | None]] = {}
+def _stored_results(store: Any, run_ids: list[str]) -> dict[str, CellResult]:
+    """Stored cells as results: ok ones as "skipped", failed ones as "failed" with their error."""
     if not run_ids:
-        return out
+        return {}
     rows = store.query(
-        "SELECT r.run_id, m.metric, m.value, r.sparsity_global FROM runs r "
-        "LEFT JOIN metrics m ON m.run_id = r.run_id AND m.headline IS NOT false "
+        "SELECT r.run_id, r.status, r.error, r.sparsity_global, r.wall_time_s, m.metric, m.value "
+        "FROM runs r LEFT JOIN metrics m ON m.run_id = r.run_id AND m.headline IS NOT false "
         "WHERE r.run_id IN (SELECT unnest(?))",
         [run_ids],
     )
-    for run_id, metric, value, sparsity in rows:
-        metrics, _ = out.setdefault(run_id, ({}, sparsity))
+    out: dict[str, CellResult] = {}
+    for run_id, status, error, sparsity, wall, metric, value in rows:
+        res = out.get(run_id)
+        if res is None:
+            res = out[run_id] = CellResult(
+                None, "skipped" if status == "ok" else "failed", {}, error, sparsity,  # type: ignore[arg-type]
+                wall or 0.0, stored=True)
         if metric is not None:
-            metrics[metric] = value
+            res.metrics[metric] = value
     return out
 
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat()
+
+
+def new_record(spec: RunSpec, suite_text: str, *, device: str, env: dict[str, Any]) -> dict[str, Any]:
+    """A record for ``spec`` that counts as failed until a run fills it in."""
+    return {
+        "record_version": 1, "run_id": spec.run_id, "spec": spec.to_dict(), "spec_json": spec.canonical_json(),
+        "suite": spec.suite, "suite_text": suite_text, "model": spec.model.label, "method": spec.method,
+        "target": spec.target, "seed": spec.seed, "status": "failed", "error": None, "traceback": None,
+        "started_at": _now(), "finished_at": None, "wall_time_s": None, "prune_time_s": None,
+        "peak_rss_bytes": None, "peak_cuda_bytes": None, "device": device,
+        "sparsity": {"global": None, "target": None, "nm_compliant": None},
+        "metrics": [], "layers": [], "series": [], "model_info": {}, "environment": env,
+        "publishable": spec.publishable,  # False for trial settings (lm-eval limit)
+        "eval_info": {},  # evaluator provenance: lm-eval and task versions, max_length, ...
+    }
 
 
 def run_cell(
@@ -140,17 +190,7 @@ def run_cell(
     """Prune and evaluate one cell; always return a complete record (status ok or failed)."""
     from harness.env import peak_rss_bytes
 
-    record: dict[str, Any] = {
-        "record_version": 1, "run_id": spec.run_id, "spec": spec.to_dict(), "spec_json": spec.canonical_json(),
-        "suite": spec.suite, "suite_text": suite_text, "model": spec.model.label, "method": spec.method,
-        "target": spec.target, "seed": spec.seed, "status": "failed", "error": None, "traceback": None,
-        "started_at": _now(), "finished_at": None, "wall_time_s": None, "prune_time_s": None,
-        "peak_rss_bytes": None, "peak_cuda_bytes": None, "device": device,
-        "sparsity": {"global": None, "target": None, "nm_compliant": None},
-        "metrics": [], "layers": [], "series": [], "model_info": {}, "environment": env,
-        "publishable": spec.publishable,  # False for trial settings (lm-eval limit)
-        "eval_info": {},  # evaluator provenance: lm-eval and task versions, max_length, ...
-    }
+    record = new_record(spec, suite_text, device=device, env=env)
     t0 = time.perf_counter()
     try:
         _prune_and_evaluate(spec, record, device=device, caches=caches, reporter=reporter)

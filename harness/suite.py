@@ -262,7 +262,10 @@ def _model(ck: _Checker, item: Any, path: str, line: int, base_dir: str) -> Mode
             ck.err(item.key_lines["weights"], f"{path}.weights", "'weights' is for timm: models (a checkpoint "
                    "file instead of the hub's); other sources name their folder in the id")
             return None
-        raw["weights"] = _suite_vision.resolve_path(raw["weights"], base_dir)
+        raw["weights"] = _suite_vision.suite_path(ck, raw["weights"], base_dir, item.key_lines["weights"],
+                                                  f"{path}.weights")
+        if raw["weights"] is None:
+            return None
     problem = _suite_synthetic.model_problem(ck, item, raw, model_id, path)
     if problem is None:
         return None

@@ -90,8 +90,13 @@ def test_failed_cell_is_recorded_and_suite_continues(tmp_path, store, monkeypatc
     status, error, tb = store.query("SELECT status, error, traceback FROM runs WHERE model LIKE 'hf:%'")[0]
     assert status == "failed" and error == err and "Traceback" in tb
     rec = Recorder()
-    run_suite(suite, store=store, device="cpu", reporter=rec)
-    assert rec.started == [results[0].spec.run_id]  # failed cells are retried, ok ones skipped
+    again = run_suite(suite, store=store, device="cpu", reporter=rec)
+    assert rec.started == []  # a stored failure is reported, not rerun
+    assert [(r.status, r.stored) for r in again] == [("failed", True), ("skipped", True)]
+    assert again[0].error == err
+    rec = Recorder()
+    run_suite(suite, store=store, device="cpu", reporter=rec, retry_failed=True)
+    assert rec.started == [results[0].spec.run_id]  # --retry-failed reruns it, ok ones stay skipped
 
 
 def test_interrupt_keeps_finished_cells_and_rerun_resumes(tmp_path, store):
