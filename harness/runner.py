@@ -183,7 +183,8 @@ def _prune_and_evaluate(spec: RunSpec, record: dict, *, device: str, caches: dic
     load = load_vision_model if vision else load_model
     loaded = load(spec.model, device=device, progress=lambda s, n, loss: reporter.progress("zoo build", s, n))
     record["model_info"] = loaded.info
-    record["environment"] = {**record["environment"], "method_origin": cls.origin}  # plugin dist==version
+    record["environment"] = {**record["environment"], "method_origin": cls.origin,  # plugin dist==version
+                             "method_category": cls.category}  # "fine-tuning" is labelled on the leaderboard
     model = loaded.model
 
     prune = _prune_vision if vision else _prune_lm  # each sets record["prune_time_s"]
@@ -221,6 +222,14 @@ def _prune_lm(spec: RunSpec, loaded: Any, method: Any, target: Any, record: dict
         tokens = caches["calibration"][key]  # (n_samples, seqlen)
         batches = list(tokens.split(spec.batch_size))
     t0 = time.perf_counter()
+    if method.level == "model":  # the whole model and a loss: harness.global_driver
+        from harness.global_driver import prune_model_lm
+
+        result = prune_model_lm(loaded.model, tokens, method, target, device=device, selection=spec.layers,
+                                batch_size=spec.batch_size, progress=reporter.progress)
+        record["prune_time_s"] = time.perf_counter() - t0
+        _record_model_level(record, result)
+        return result.reports
     reports = prune_sequential(
         loaded.model, batches, method, target, device=device, selection=spec.layers,
         progress=lambda d, n: reporter.progress("prune", d, n),
@@ -245,27 +254,44 @@ def _prune_vision(spec: RunSpec, loaded: Any, method: Any, target: Any, record: 
                 cal.dataset, loaded.data_config, cal.n_samples, cal.seed, cal.augment_rounds or 0, cal.root)
         stream = caches["calibration"][key]
     t0 = time.perf_counter()
-    result = prune_vision(
-        loaded.model, stream.batches if stream is not None else None, method, target, device=device,
-        selection=spec.layers, batch_size=spec.batch_size, bn_recalibration=cal.bn_recalibration,
-        progress=lambda d, n: reporter.progress("prune", d, n),
-    )
+    if method.level == "model":  # the whole model and a loss: harness.global_driver
+        from harness.global_driver import prune_model_vision
+
+        result = prune_model_vision(
+            loaded.model, stream, method, target, device=device, selection=spec.layers,
+            batch_size=spec.batch_size, bn_recalibration=cal.bn_recalibration, progress=reporter.progress)
+    else:
+        result = prune_vision(
+            loaded.model, stream.batches if stream is not None else None, method, target, device=device,
+            selection=spec.layers, batch_size=spec.batch_size, bn_recalibration=cal.bn_recalibration,
+            progress=lambda d, n: reporter.progress("prune", d, n),
+        )
     record["prune_time_s"] = time.perf_counter() - t0  # statistics, pruning and BatchNorm re-estimation
-    record["prune_info"] = {"strategy": STRATEGY, "calibration_images": result.calibration_images,
+    record["prune_info"] = {"strategy": getattr(result, "strategy", STRATEGY),
+                            "calibration_images": result.calibration_images,
                             "skipped_layers": result.skipped, "bn_recalibration": result.bn_recalibration}
+    if method.level == "model":
+        _record_model_level(record, result)
     return result.reports
+
+
+def _record_model_level(record: dict, result: Any) -> None:
+    """A model-level method's curves go to the series, its notes to prune_info."""
+    record["series"] = list(record["series"]) + [dict(row) for row in result.series]
+    record["prune_info"] = {**record.get("prune_info", {}), "level": "model", **result.info}
 
 
 def _record_sparsity(record: dict, model: Any, reports: list, method: Any, target: Any) -> None:
     """Measure every pruned layer (conv weights flattened to rows) and fail on an out-of-tolerance one."""
-    from harness.sparsity import check, measure
+    from harness.sparsity import Measured, check, measure
 
     problems, zeros, numel, nm_all = [], 0, 0, True
+    per_layer = target.is_nm or method.target_scope() == "layer"  # else one global threshold: the total counts
     for rep in reports:
         m = measure(model.get_submodule(rep.name).weight, target)
         zeros, numel = zeros + m.zeros, numel + m.numel
         nm_all = nm_all and (m.nm_ok is not False)
-        if method.modifies_weights:
+        if method.modifies_weights and per_layer:
             why = check(m, target, rep.cols)
             if why:
                 problems.append(f"{rep.name}: {why}")
@@ -280,6 +306,10 @@ def _record_sparsity(record: dict, model: Any, reports: list, method: Any, targe
     }
     if not reports:
         raise ValueError("no prunable layers matched (check the suite's layers: targets/ignore)")
+    if method.modifies_weights and not per_layer:
+        why = check(Measured(numel, zeros, None), target, numel)
+        if why:
+            problems.append(f"all pruned layers together (global scope): {why}")
     if problems:
         more = f" (and {len(problems) - 1} more layers)" if len(problems) > 1 else ""
         raise ValueError(f"measured sparsity out of tolerance: {problems[0]}{more}")
