@@ -214,3 +214,39 @@ def test_leaderboard_labels_fine_tuning_and_keeps_it_out_of_best(tmp_path):
     assert rows["sparsegpt"].cells[col].display == "sparsegpt"  # one-shot rows unchanged
     assert rows["sparse_ft"].cells[ppl_col].css == ""  # lower ppl, but fine-tuning takes no best mark
     assert rows["sparsegpt"].cells[ppl_col].css == "best"
+
+
+class _Stream:
+    """The parts of harness.images.ImageStream the vision driver uses."""
+
+    def __init__(self, x, labels=()):
+        self.x, self.items, self.labels = x, list(range(x.shape[0])), tuple(labels)
+
+    def batches(self, size):
+        return iter(self.x.split(size))
+
+
+def test_vision_path_fine_tunes_and_re_estimates_batchnorm():
+    """Without labels (dataset labels are covered by the zoo resnet test in test_woodfisher.py)."""
+    from harness.global_driver import prune_model_vision
+    from test_vision import random_images, tiny_resnet
+
+    model = tiny_resnet()
+    x = random_images(16)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        res = prune_model_vision(model, _Stream(x), method("sparse_ft", steps=2, val_samples=4),
+                                 Target(0.5), batch_size=8)
+    finally:
+        torch.set_num_threads(before)
+    assert res.info["labels"] == "dense model's predictions"
+    assert res.bn_recalibration["applied"] is True and res.calibration_images == 16
+    assert "conv1.0" not in {r.name for r in res.reports}  # the stem stays dense, as on the layer path
+    from harness.vision import prune_vision
+
+    ref = tiny_resnet()  # the init alone: sparse_ft must keep its zero pattern exactly
+    prune_vision(ref, lambda bs: x.split(bs), method("sparsegpt"), Target(0.5), batch_size=8)
+    for r in res.reports:
+        assert torch.equal(model.get_submodule(r.name).weight == 0, ref.get_submodule(r.name).weight == 0), r.name
+        assert r.rel_error is not None
