@@ -228,8 +228,9 @@ class _Stream:
 
 def test_vision_path_fine_tunes_and_re_estimates_batchnorm():
     """Without labels (dataset labels are covered by the zoo resnet test in test_woodfisher.py)."""
-    from harness.global_driver import prune_model_vision
     from test_vision import random_images, tiny_resnet
+
+    from harness.global_driver import prune_model_vision
 
     model = tiny_resnet()
     x = random_images(16)
