@@ -10,9 +10,11 @@ gradients of the model's loss, not one layer's inputs.
 - every prunable layer is flattened (row-major) and cut into blocks of ``block_size``
   consecutive weights; per block F = λI + (1/m) Σ g_i g_iᵀ, inverted by the Sherman–Morrison
   recursion F_0⁻¹ = I/λ, F_i⁻¹ = F_{i−1}⁻¹ − (F_{i−1}⁻¹g_i)(F_{i−1}⁻¹g_i)ᵀ / (m + g_iᵀF_{i−1}⁻¹g_i);
-- statistic ρ_q = w_q² / (2[F⁻¹]_qq); the lowest ρ are pruned, over all prunable layers
-  (``scope: global``, the reference's joint sparsification) or per layer, or per group of M
-  inputs for N:M targets (the N lowest per group; ``scope`` does not apply);
+- statistic ρ_q = w_q² / (2[F⁻¹]_qq); the lowest ρ are pruned per layer (``scope: layer``, the
+  reference's default) or over all prunable layers (``scope: global``, its
+  ``--woodburry-joint-sparsify``), or per group of M inputs for N:M targets (the N lowest per
+  group; ``scope`` does not apply). On the zoo Llama per-layer selection is the better one
+  (README, "Model-level methods");
 - update per block: δw = F⁻¹ · Σ_{q newly pruned} (−w_q/[F⁻¹]_qq) e_q (the sum of the
   single-weight OBS updates, as the reference), then the pruned weights are set to zero;
 - ``recompute: k`` prunes in k stages to k/k, 1/k... of the target (the reference's linear
@@ -225,7 +227,7 @@ class WoodFisher(PruningMethod):
     Example:
         methods:
           - name: woodfisher
-            params: {block_size: 128, num_grads: 64, grad_batch: 1, damp: 1.0e-5, scope: global, recompute: 1}
+            params: {block_size: 128, num_grads: 64, grad_batch: 1, damp: 1.0e-5, scope: layer, recompute: 1}
     """
 
     @dataclass(frozen=True)
@@ -234,7 +236,7 @@ class WoodFisher(PruningMethod):
         num_grads: int = 64  # m: gradients in the empirical Fisher (needs m·grad_batch calibration samples)
         grad_batch: int = 1  # calibration samples (sequences or images) averaged into each gradient
         damp: float = 1e-5  # λ in F = λI + (1/m)Σggᵀ (the reference's --fisher-damp)
-        scope: Literal["global", "layer"] = "global"  # one threshold over all prunable layers, or one per layer
+        scope: Literal["layer", "global"] = "layer"  # one threshold per layer (reference default) or over all layers
         recompute: int = 1  # k: prune in k stages (k/k of the target at the end), F⁻¹ rebuilt in between
         inverse: Literal["woodbury", "recursion"] = "woodbury"  # same F⁻¹: factored identity (fast, float64) or the reference's loop
         max_gib: float = 8.0  # refuse when the stored gradients (m × prunable weights, float32) exceed this
