@@ -162,7 +162,8 @@ class SparseFT(PruningMethod):
                     running += float(loss.detach())
                 with torch.no_grad():
                     for w, k in zip(weights, keep):
-                        w.grad.mul_(k)
+                        if w.grad is not None:  # a layer the loss never reaches has no gradient
+                            w.grad.mul_(k)
                     opt.step()
                     for w, k in zip(weights, keep):
                         w.mul_(k)
