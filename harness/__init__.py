@@ -54,6 +54,9 @@ def prune_weight(
     from harness.method import build_params
 
     cls = get_method(method)
+    if cls.level == "model":
+        raise ValueError(f"method '{method}' prunes a whole model with its loss (level 'model'), not one "
+                         "weight matrix: run it on a model through a suite (harness run)")
     tgt = Target.parse(target)
     stats = None
     if hessian is not None:

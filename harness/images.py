@@ -190,6 +190,7 @@ class ImageStream:
     dataset: str
     rounds: int = 0
     seed: int = 0
+    labels: tuple[int, ...] = ()  # class of each item, when known (image i of a pass is item i % len(items))
 
     def __len__(self) -> int:
         return len(self.items) * max(self.rounds, 1)
@@ -222,7 +223,8 @@ def calibration_stream(dataset: str, data_config: dict[str, Any], n_samples: int
     if n_samples > len(source.items):
         raise ValueError(f"calibration.n_samples {n_samples} exceeds the {len(source.items)} {dataset} training images")
     picks = random.Random(seed).sample(range(len(source.items)), n_samples)
-    return ImageStream([source.items[i] for i in picks], data_config, dataset, augment_rounds, seed)
+    return ImageStream([source.items[i] for i in picks], data_config, dataset, augment_rounds, seed,
+                       tuple(source.labels[i] for i in picks))
 
 
 def eval_split(dataset: str, root: str | None = None, limit: int | None = None) -> LabelledImages:

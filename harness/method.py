@@ -12,14 +12,20 @@ import dataclasses
 import sys
 import typing
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from harness.registry import Registry, suggest
 from harness.target import Target
 
+if TYPE_CHECKING:
+    from harness.calibration import LayerReport
+    from harness.global_driver import ModelContext
+
 # "cross": the Hessian of the layer's inputs in the model being pruned (X_s) plus the
 # cross-moment X_d^T X_s / n with its inputs in the dense model on the same tokens (I-OBS).
 Stats = Literal["none", "diag", "hessian", "cross"]
+Level = Literal["layer", "model"]  # pruned one layer at a time, or the whole model with a loss
+Category = Literal["one-shot", "fine-tuning"]  # the leaderboard labels fine-tuning methods
 
 
 @dataclass
@@ -67,6 +73,11 @@ class PruningMethod:
     Subclasses set ``Params`` (a frozen dataclass with one comment per field), ``stats``,
     and implement ``prune``. A method that needs the whole model (global thresholds) may
     override ``prepare``, which the driver calls once before the layer-sequential pass.
+
+    A method that needs the whole model *and a loss* (WoodFisher, fine-tuning) sets
+    ``level = "model"`` and implements ``prune_model`` instead of ``prune``; the runner then
+    uses ``harness.global_driver``, which shares hooks, sparsity measurement and reporting
+    with the layer path.
     """
 
     name: ClassVar[str] = ""
@@ -76,6 +87,8 @@ class PruningMethod:
     modifies_weights: ClassVar[bool] = True  # False only for the dense baseline
     origin: ClassVar[str] = "builtin"
     model_kinds: ClassVar[tuple[str, ...]] = ("lm", "vision")  # harness.ids.KINDS this method applies to
+    level: ClassVar[Level] = "layer"  # "model": prune_model(ctx, target) replaces prune()
+    category: ClassVar[Category] = "one-shot"  # recorded with each result; "fine-tuning" is labelled
 
     def __init__(self, params: Any = None) -> None:
         self.params = params if params is not None else self.Params()
@@ -90,6 +103,15 @@ class PruningMethod:
 
     def prune(self, name: str, weight: Any, stats: LayerStats | None, target: Target) -> PruneResult:
         raise NotImplementedError
+
+    def prune_model(self, ctx: "ModelContext", target: Target) -> "list[LayerReport]":
+        """Model-level methods: prune ``ctx.layers`` in place and return one report per layer."""
+        raise NotImplementedError
+
+    def target_scope(self) -> Literal["layer", "model"]:
+        """Where the target must hold: in every layer (default) or over all pruned layers together
+        (one global threshold); the runner checks measured sparsity accordingly."""
+        return "layer"
 
 
 METHODS: Registry[type[PruningMethod]] = Registry("method")
@@ -118,6 +140,8 @@ def register_method(name: str):
             raise TypeError(f"@register_method({name!r}) must decorate a PruningMethod subclass")
         if not dataclasses.is_dataclass(cls.Params):
             raise TypeError(f"{cls.__name__}.Params must be a dataclass")
+        if cls.level == "model" and cls.prune_model is PruningMethod.prune_model:
+            raise TypeError(f"{cls.__name__} declares level 'model' but does not implement prune_model")
         cls.origin = _origin_of(cls)
         METHODS.register(name, cls, origin=cls.origin)
         cls.name = name

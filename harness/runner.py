@@ -230,7 +230,8 @@ def _prune_and_evaluate(spec: RunSpec, record: dict, *, device: str, caches: dic
     load = load_vision_model if vision else load_model
     loaded = load(spec.model, device=device, progress=lambda s, n, loss: reporter.progress("zoo build", s, n))
     record["model_info"] = loaded.info
-    record["environment"] = {**record["environment"], "method_origin": cls.origin}  # plugin dist==version
+    record["environment"] = {**record["environment"], "method_origin": cls.origin,  # plugin dist==version
+                             "method_category": cls.category}  # "fine-tuning" is labelled on the leaderboard
     model = loaded.model
 
     prune = _prune_vision if vision else _prune_lm  # each sets record["prune_time_s"]
@@ -268,30 +269,31 @@ def _prune_lm(spec: RunSpec, loaded: Any, method: Any, target: Any, record: dict
         tokens = caches["calibration"][key]  # (n_samples, seqlen)
         batches = list(tokens.split(spec.batch_size))
     t0 = time.perf_counter()
-    if getattr(method, "level", "layer") == "model":  # several driver passes with a validation score
-        val: list = []
-        n_val = getattr(method.params, "val_samples", 0)
-        if n_val:
-            val = list(data.validation_tokens(cal.dataset, loaded.tokenizer, cal.n_samples, n_val, cal.seqlen,
-                                              cal.seed).split(spec.batch_size))
-        reports, record["prune_info"], series = method.prune_model(
-            loaded.model, batches, val, target, device=device, selection=spec.layers,
-            progress=lambda d, n: reporter.progress("prune", d, n))
-        record["series"].extend(series)
-    else:
-        layer_targets = None
-        if spec.profile is not None:  # measured on the dense model, part of the prune time
-            from harness.profiles import owl_profile
+    if method.level == "model":  # the whole model and a loss: harness.global_driver
+        from harness.global_driver import prune_model_lm
 
-            layer_targets, record["profile"] = owl_profile(loaded.model, batches, target, spec.profile,
-                                                           device=device, selection=spec.layers)
-        reports = prune_sequential(
-            loaded.model, batches, method, target, device=device, selection=spec.layers,
-            progress=lambda d, n: reporter.progress("prune", d, n), layer_targets=layer_targets,
-        )
-        for rep in reports:
-            if layer_targets:
-                rep.info = {**rep.info, "target": layer_targets[rep.name].sparsity}
+        val = None
+        n_val = getattr(method.params, "val_samples", 0) if getattr(method, "wants_validation", False) else 0
+        if n_val:  # held-out windows of the calibration text, none overlapping a calibration window
+            val = data.validation_tokens(cal.dataset, loaded.tokenizer, cal.n_samples, n_val, cal.seqlen, cal.seed)
+        result = prune_model_lm(loaded.model, tokens, method, target, device=device, selection=spec.layers,
+                                batch_size=spec.batch_size, progress=reporter.progress, validation=val)
+        record["prune_time_s"] = time.perf_counter() - t0
+        _record_model_level(record, result)
+        return result.reports
+    layer_targets = None
+    if spec.profile is not None:  # measured on the dense model, part of the prune time
+        from harness.profiles import owl_profile
+
+        layer_targets, record["profile"] = owl_profile(loaded.model, batches, target, spec.profile,
+                                                       device=device, selection=spec.layers)
+    reports = prune_sequential(
+        loaded.model, batches, method, target, device=device, selection=spec.layers,
+        progress=lambda d, n: reporter.progress("prune", d, n), layer_targets=layer_targets,
+    )
+    for rep in reports:
+        if layer_targets:
+            rep.info = {**rep.info, "target": layer_targets[rep.name].sparsity}
     record["prune_time_s"] = time.perf_counter() - t0
     return reports
 
@@ -312,29 +314,46 @@ def _prune_vision(spec: RunSpec, loaded: Any, method: Any, target: Any, record: 
                 cal.dataset, loaded.data_config, cal.n_samples, cal.seed, cal.augment_rounds or 0, cal.root)
         stream = caches["calibration"][key]
     t0 = time.perf_counter()
-    result = prune_vision(
-        loaded.model, stream.batches if stream is not None else None, method, target, device=device,
-        selection=spec.layers, batch_size=spec.batch_size, bn_recalibration=cal.bn_recalibration,
-        progress=lambda d, n: reporter.progress("prune", d, n),
-    )
+    if method.level == "model":  # the whole model and a loss: harness.global_driver
+        from harness.global_driver import prune_model_vision
+
+        result = prune_model_vision(
+            loaded.model, stream, method, target, device=device, selection=spec.layers,
+            batch_size=spec.batch_size, bn_recalibration=cal.bn_recalibration, progress=reporter.progress)
+    else:
+        result = prune_vision(
+            loaded.model, stream.batches if stream is not None else None, method, target, device=device,
+            selection=spec.layers, batch_size=spec.batch_size, bn_recalibration=cal.bn_recalibration,
+            progress=lambda d, n: reporter.progress("prune", d, n),
+        )
     record["prune_time_s"] = time.perf_counter() - t0  # statistics, pruning and BatchNorm re-estimation
-    record["prune_info"] = {"strategy": STRATEGY, "calibration_images": result.calibration_images,
+    record["prune_info"] = {"strategy": getattr(result, "strategy", STRATEGY),
+                            "calibration_images": result.calibration_images,
                             "skipped_layers": result.skipped, "bn_recalibration": result.bn_recalibration}
+    if method.level == "model":
+        _record_model_level(record, result)
     return result.reports
+
+
+def _record_model_level(record: dict, result: Any) -> None:
+    """A model-level method's curves go to the series, its notes to prune_info."""
+    record["series"] = list(record["series"]) + [dict(row) for row in result.series]
+    record["prune_info"] = {**record.get("prune_info", {}), "level": "model", **result.info}
 
 
 def _record_sparsity(record: dict, model: Any, reports: list, method: Any, target: Any) -> None:
     """Measure every pruned layer (conv weights flattened to rows) and fail on an out-of-tolerance one."""
-    from harness.sparsity import check, measure
+    from harness.sparsity import Measured, check, measure
     from harness.target import Target
 
     problems, zeros, numel, nm_all = [], 0, 0, True
+    per_layer = target.is_nm or method.target_scope() == "layer"  # else one global threshold: the total counts
     for rep in reports:
         layer_target = Target(rep.info["target"]) if "target" in rep.info else target  # a sparsity profile
         m = measure(model.get_submodule(rep.name).weight, layer_target)
         zeros, numel = zeros + m.zeros, numel + m.numel
         nm_all = nm_all and (m.nm_ok is not False)
-        if method.modifies_weights:
+        if method.modifies_weights and per_layer:
             why = check(m, layer_target, rep.cols)
             if why:
                 problems.append(f"{rep.name}: {why}")
@@ -349,6 +368,10 @@ def _record_sparsity(record: dict, model: Any, reports: list, method: Any, targe
     }
     if not reports:
         raise ValueError("no prunable layers matched (check the suite's layers: targets/ignore)")
+    if method.modifies_weights and not per_layer:
+        why = check(Measured(numel, zeros, None), target, numel)
+        if why:
+            problems.append(f"all pruned layers together (global scope): {why}")
     if problems:
         more = f" (and {len(problems) - 1} more layers)" if len(problems) > 1 else ""
         raise ValueError(f"measured sparsity out of tolerance: {problems[0]}{more}")

@@ -187,6 +187,22 @@ def _target_cell(run: Run) -> Cell:
     return Cell(run.target, run.target, key, kind)
 
 
+def _method_cell(run: Run) -> Cell:
+    """The method's name; a fine-tuning method carries a label so it is not read as one-shot, and
+    a sparsity profile (OWL) shows as ``wanda +owl``."""
+    title = ", ".join(f"{k}={v}" for k, v in sorted(run.params.items()))
+    profile = run.spec.get("profile") or {}
+    label = f"{run.method} +{profile['name']}" if profile else run.method
+    if profile:
+        title += f"; sparsity profile {profile['name']} " + ", ".join(
+            f"{k}={v}" for k, v in sorted(profile.items()) if k != "name")
+    if run.fine_tuned:
+        return Cell(label, f"{label} · fine-tuned", label,
+                    f"fine-tuning after pruning, not one-shot (left out of the best-cell marks); {title}",
+                    css="finetune")
+    return Cell(label, label, label, title)
+
+
 def _sparsity_cell(run: Run) -> Cell:
     s = run.sparsity_global
     if s is None:
@@ -266,15 +282,8 @@ def build_table(runs: Sequence[Run], *, suite: str, family: str, table_id: str,
     rows = []
     for run in runs:
         ref = refs.get((run.suite, run.model, run.seed))
-        method_title = ", ".join(f"{k}={v}" for k, v in sorted(run.params.items()))
-        profile = (run.spec.get("profile") or {}).get("name")  # OWL: non-uniform layer sparsity
-        label = f"{run.method} +{profile}" if profile else run.method
-        if profile:
-            method_title += f"; sparsity profile {profile} " + ", ".join(
-                f"{k}={v}" for k, v in sorted(run.spec["profile"].items()) if k != "name")
         cells = [Cell(run.model, run.model, run.model.lower(), run.model, model_href(run.model)),
-                 Cell(label, label, label, method_title),
-                 _target_cell(run)]
+                 _method_cell(run), _target_cell(run)]
         if show_seed:
             cells.append(Cell(run.seed, str(run.seed), run.seed))
         cells.append(_status_cell(run))
@@ -319,9 +328,10 @@ def build_tables(runs: Sequence[Run]) -> list[Table]:
 
 def best_runs(runs: Sequence[Run], infos: Sequence[MetricInfo],
               zero_shot: Sequence[str] = ()) -> dict[str, set[str]]:
-    """``metric -> run ids`` of the best ok non-dense run per (model, target, seed): the
-    cells a reader looks for first, highlighted in bold. Ties all count as best, but where
-    every method ties (a saturated task) nothing is highlighted."""
+    """``metric -> run ids`` of the best ok non-dense one-shot run per (model, target, seed):
+    the cells a reader looks for first, highlighted in bold. Ties all count as best, but where
+    every method ties (a saturated task) nothing is highlighted. Fine-tuning runs are left
+    out: they answer another question (what training recovers) and are labelled instead."""
     names = [(i.name, i.higher_is_better) for i in infos]
     if zero_shot:
         names.append((AVG_ZERO_SHOT, True))
@@ -330,7 +340,7 @@ def best_runs(runs: Sequence[Run], infos: Sequence[MetricInfo],
         groups: dict[tuple, list[tuple[float, str]]] = {}
         for r in runs:
             v = metric_value(r, name, zero_shot)
-            if r.ok and not r.is_dense and v is not None and math.isfinite(v):
+            if r.ok and not r.is_dense and not r.fine_tuned and v is not None and math.isfinite(v):
                 score = v if higher else -v
                 groups.setdefault((r.model, r.target, r.seed), []).append((score, r.run_id))
         best[name] = {rid for scored in groups.values()

@@ -96,6 +96,16 @@ class Run:
         return self.method == "dense"
 
     @property
+    def category(self) -> str:
+        """``"one-shot"`` or ``"fine-tuning"``, as the method declared it (runs stored before the
+        field existed are one-shot)."""
+        return str((self.environment or {}).get("method_category") or "one-shot")
+
+    @property
+    def fine_tuned(self) -> bool:
+        return self.category == "fine-tuning"
+
+    @property
     def short_id(self) -> str:
         return self.run_id[:12]
 

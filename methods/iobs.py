@@ -127,6 +127,7 @@ class IOBS(PruningMethod):
                 raise ValueError("blocksize must be positive, dampening_frac in [0, 10), newton_damp in (0, 10)")
 
     level = "model"  # runs the layer-sequential driver T times, with a validation score in between
+    wants_validation = True  # the runner draws val_samples held-out windows (ctx.validation)
     model_kinds = ("lm",)  # the dense stream of activations is carried through decoder blocks
 
     def __init__(self, params: Any = None) -> None:
@@ -143,6 +144,30 @@ class IOBS(PruningMethod):
 
     def dense_weights(self) -> dict[str, "torch.Tensor"]:
         return self._dense
+
+    def prune_model(self, ctx: Any, target: Target) -> list:
+        """Model-level entry point (``harness.global_driver``): the rounds, their notes and curve."""
+        import re
+
+        from harness.spec import LayerSelection
+
+        chunk = max(ctx.batch_size, 1)
+        batches = list(ctx.data.inputs.split(chunk))  # the windows and batches the layer path would use
+        val = list(ctx.validation.inputs.split(chunk)) if ctx.validation is not None else []
+        selection = LayerSelection(targets=tuple(f"^{re.escape(n)}$" for n in ctx.layers))
+        progress = (lambda d, n: ctx.report("prune", d, n)) if ctx.progress else None
+        reports, log = prune_iterative(ctx.model, batches, val, self, target, device=ctx.device, selection=selection,
+                                       progress=progress)
+        p = self.params
+        ctx.info.update({
+            "objective": p.objective, "step_size": p.step_size, "iterations_run": len(log.round_time_s),
+            "iterations_chosen": log.chosen, "select": p.select, "sequential": p.sequential,
+            "projection": p.projection, "curvature": p.curvature, "stopped_early": log.stopped_early,
+            "round_time_s": log.round_time_s, "loss": p.loss if p.objective == "global_grad" else None,
+            "validation_windows": len(ctx.validation) if ctx.validation is not None else 0})
+        ctx.series.extend({"name": "iobs/val_loss", "step": t, "value": v} for t, v in enumerate(log.val_loss, 1))
+        ctx.model.to(ctx.device)
+        return reports
 
     def prune(self, name: str, weight: "torch.Tensor", stats: LayerStats | None, target: Target) -> PruneResult:
         p = self.params
@@ -280,21 +305,3 @@ def prune_iterative(
         reports = best[2]
     method._dense, method._grads = {}, {}
     return reports, log
-
-
-def _prune_model(self: IOBS, model: Any, batches: list, val_batches: list, target: Target, *, device: Any,
-                 selection: Any, progress: Callable[[int, int], None] | None = None) -> tuple[list, dict, list]:
-    """Model-level entry point: (layer reports, prune info, series rows) for the record."""
-    reports, log = prune_iterative(model, batches, val_batches, self, target, device=device, selection=selection,
-                                   progress=progress)
-    p = self.params
-    info = {"objective": p.objective, "step_size": p.step_size, "iterations_run": len(log.round_time_s),
-            "iterations_chosen": log.chosen, "select": p.select, "sequential": p.sequential,
-            "projection": p.projection, "curvature": p.curvature, "stopped_early": log.stopped_early,
-            "round_time_s": log.round_time_s,
-            "loss": p.loss if p.objective == "global_grad" else None}
-    series = [{"name": "iobs/val_loss", "step": t, "value": v} for t, v in enumerate(log.val_loss, 1)]
-    return reports, info, series
-
-
-IOBS.prune_model = _prune_model

@@ -57,6 +57,9 @@ class Magnitude(PruningMethod):
         super().__init__(params)
         self._threshold: float | None = None
 
+    def target_scope(self):
+        return "model" if self.params.scope == "global" else "layer"
+
     def prepare(self, weights: dict[str, torch.Tensor], target: Target) -> None:
         self._threshold = None
         if self.params.scope == "global" and not target.is_nm and target.sparsity > 0:

@@ -186,3 +186,27 @@ def test_iobs_beats_one_shot_sparsegpt_on_the_zoo_llama():
                              selection=LayerSelection())
     one_shot, iterative = data.perplexity(ref, test, 128).value, data.perplexity(model, test, 128).value
     assert iterative < 0.97 * one_shot, (one_shot, iterative, log)
+
+
+def test_iobs_cell_records_rounds_and_validation_curve(tmp_path):
+    from harness.runner import run_suite
+    from harness.store import Store
+    from harness.suite import load_suite
+
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        "name: iobs-cell\nmodels: [zoo:tiny-llama]\n"
+        "methods:\n  - {name: iobs, params: {iterations: 2, val_samples: 4}}\ntargets: [0.6]\n"
+        "calibration: {dataset: pydoc, n_samples: 8, seqlen: 64}\n"
+        "evals:\n  perplexity:\n    - {dataset: pydoc, seqlen: 128, max_windows: 4}\n")
+    store = Store(tmp_path / "results" / "sb.duckdb")
+    [result] = run_suite(load_suite(path), store=store, device="cpu")
+    assert result.status == "ok", result.error
+    rows = store.query("SELECT name, step, value FROM series WHERE run_id = ? ORDER BY step", [result.spec.run_id])
+    assert [(n, s) for n, s, _ in rows] == [("iobs/val_loss", 1), ("iobs/val_loss", 2)]
+    import json
+
+    record = json.loads((store.run_dir(result.spec.run_id) / "record.json").read_text())
+    info = record["prune_info"]
+    assert info["level"] == "model" and info["validation_windows"] == 4 and info["iterations_run"] == 2
+    assert info["iterations_chosen"] == 1 + [v for _, _, v in rows].index(min(v for _, _, v in rows))
