@@ -65,7 +65,8 @@ def test_shared_inputs_share_one_hessian(family):
 
 
 # Model-level methods get sizes that fit these 6 calibration windows (and stay fast).
-SMALL = {"woodfisher": {"num_grads": 4, "block_size": 32}, "sparse_ft": {"steps": 2, "val_samples": 2}}
+SMALL = {"woodfisher": {"num_grads": 4, "block_size": 32}, "sparse_ft": {"steps": 2, "val_samples": 2},
+         "iobs": {"iterations": 2, "select": "last"}}
 
 
 @pytest.mark.parametrize("family", ["opt", "llama"])
