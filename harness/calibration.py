@@ -390,21 +390,27 @@ def prune_sequential(
     return reports
 
 
-def _prune_one(method: PruningMethod, name: str, lin: nn.Module, stats: LayerStats | None, target: Target,
+def _prune_one(method: PruningMethod, name: str, mod: nn.Module, stats: LayerStats | None, target: Target,
                block: int) -> LayerReport:
-    """Prune one layer in place and report it (error measured on the layer's calibration inputs)."""
+    """Prune one layer in place and report it (error measured on the layer's calibration inputs).
+
+    The method sees the weight as (d_out, d_in): a Conv2d kernel (C_out, C_in, k_h, k_w) is
+    flattened C_in-major, the layout of its unfolded input patches, and its shape is noted.
+    """
     t0 = time.perf_counter()
-    old = lin.weight.data
-    result = method.prune(name, old, stats, target)
+    old = mod.weight.data
+    w = old.reshape(old.shape[0], -1)  # (d_out, d_in); a view
+    result = method.prune(name, w, stats, target)
     new = result.weight.to(old.dtype)
     if not torch.isfinite(new).all():
         raise NumericalError(f"{method.name} produced non-finite weights in {name}")
     err = None
     if stats is not None and stats.hessian is not None:
-        err = relative_error(old, new, stats.hessian)
+        err = relative_error(w, new, stats.hessian)
     elif not method.modifies_weights:
         err = 0.0
-    rows, cols = old.shape
-    if new is not old:
-        lin.weight.data.copy_(new)
-    return LayerReport(name, block, rows, cols, err, time.perf_counter() - t0, result.info)
+    rows, cols = w.shape
+    if new is not w:
+        old.copy_(new.reshape(old.shape))
+    info = result.info if old.dim() == 2 else {**result.info, "shape": list(old.shape)}
+    return LayerReport(name, block, rows, cols, err, time.perf_counter() - t0, info)

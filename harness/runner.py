@@ -13,7 +13,7 @@ import time
 import traceback
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any
 
 from harness.spec import RunSpec
 from harness.suite import Suite, expand

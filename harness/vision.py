@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -40,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.calibration import LayerReport, NumericalError, _Collector, relative_error
+from harness.calibration import LayerReport, _Collector, _prune_one
 from harness.method import PruningMethod
 from harness.spec import LayerSelection
 from harness.target import Target
@@ -290,23 +289,8 @@ def prune_vision(
     reports = []
     with torch.no_grad():
         for i, (name, mod) in enumerate(layers.items()):
-            t0 = time.perf_counter()
             stats = collector.stats(name) if collector is not None else None
-            old = mod.weight.data  # conv: (C_out, C_in, k_h, k_w)
-            w = old.reshape(old.shape[0], -1)  # (d_out, d_in)
-            result = method.prune(name, w, stats, target)
-            new = result.weight.to(old.dtype)
-            if not torch.isfinite(new).all():
-                raise NumericalError(f"{method.name} produced non-finite weights in {name}")
-            err = None
-            if stats is not None and stats.hessian is not None:
-                err = relative_error(w, new, stats.hessian)
-            elif not method.modifies_weights:
-                err = 0.0
-            if new is not w:
-                old.copy_(new.reshape(old.shape))
-            info = {**result.info, "shape": list(old.shape)}
-            reports.append(LayerReport(name, blocks[name], w.shape[0], w.shape[1], err, time.perf_counter() - t0, info))
+            reports.append(_prune_one(method, name, mod, stats, target, blocks[name]))
             if progress is not None:
                 progress(i + 1, len(layers))
     del collector

@@ -7,7 +7,7 @@ import torch
 
 from conftest import tiny_model
 from harness.calibration import prune_sequential
-from harness.method import LayerStats, PruneResult, PruningMethod, build_params, get_method
+from harness.method import PruneResult, PruningMethod, build_params, get_method
 from harness.spec import LayerSelection
 from harness.target import Target
 from methods.iobs import mean_token_loss, newton_dense_output, newton_global, prune_iterative
