@@ -22,7 +22,7 @@ from harness.images import DIGITS_TEST, IMAGENET_ENV
 from harness.spec import ImageEvalSpec
 
 DIGITS_TRAIN = 1797 - DIGITS_TEST  # calibration images available in the digits training split
-IMAGE_ONLY_KEYS = ("augment_rounds", "bn_recalibration", "root")
+IMAGE_ONLY_KEYS = ("augment_rounds", "bn_recalibration", "root", "sequential")
 
 
 def resolve_path(value: str, base_dir: str) -> str:

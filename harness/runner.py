@@ -302,7 +302,7 @@ def _prune_vision(spec: RunSpec, loaded: Any, method: Any, target: Any, record: 
                   reporter: Reporter) -> list:
     """Calibration images (drawn once per model and suite) and the vision driver; BN re-estimation recorded."""
     from harness import images
-    from harness.vision import STRATEGY, prune_vision
+    from harness.vision import SEQUENTIAL_STRATEGY, STRATEGY, prune_vision
 
     cal = spec.calibration
     stream = None
@@ -324,10 +324,11 @@ def _prune_vision(spec: RunSpec, loaded: Any, method: Any, target: Any, record: 
         result = prune_vision(
             loaded.model, stream.batches if stream is not None else None, method, target, device=device,
             selection=spec.layers, batch_size=spec.batch_size, bn_recalibration=cal.bn_recalibration,
-            progress=lambda d, n: reporter.progress("prune", d, n),
+            progress=lambda d, n: reporter.progress("prune", d, n), sequential=bool(cal.sequential),
         )
     record["prune_time_s"] = time.perf_counter() - t0  # statistics, pruning and BatchNorm re-estimation
-    record["prune_info"] = {"strategy": getattr(result, "strategy", STRATEGY),
+    strategy = SEQUENTIAL_STRATEGY if cal.sequential and method.level == "layer" else STRATEGY
+    record["prune_info"] = {"strategy": getattr(result, "strategy", strategy),
                             "calibration_images": result.calibration_images,
                             "skipped_layers": result.skipped, "bn_recalibration": result.bn_recalibration}
     if method.level == "model":

@@ -50,7 +50,7 @@ class ModelSpec:
 @dataclass(frozen=True)
 class CalibrationSpec:
     """Calibration data. Text datasets use ``seqlen``; image datasets (digits, imagenet) use
-    ``augment_rounds``, ``bn_recalibration`` and ``root`` and have ``seqlen`` None."""
+    ``augment_rounds``, ``bn_recalibration``, ``root`` and ``sequential`` and have ``seqlen`` None."""
 
     dataset: str = "pydoc"
     n_samples: int = 128
@@ -59,6 +59,7 @@ class CalibrationSpec:
     augment_rounds: int | None = None  # images: 0 = each image once, plain; R = R augmented copies (OBC: 10)
     bn_recalibration: bool | None = None  # images: re-estimate BatchNorm after pruning; None = if the model has BN
     root: str | None = None  # imagenet: the train/ ImageFolder; None = $SPARSEBENCH_IMAGENET/train
+    sequential: bool | None = None  # images: each layer's statistics after the earlier layers are pruned
 
     def identity(self) -> dict[str, Any]:
         """The fields that change results: ``root`` is where the files are, not which; unset image

@@ -373,7 +373,7 @@ def _regex(ck: _Checker, value: Any, path: str, line: int) -> Any:
 
 def _calibration(ck: _Checker, value: Any, path: str, line: int, base_dir: str) -> CalibrationSpec | None:
     schema = {"dataset": _dataset, "n_samples": _int(1), "seqlen": _int(1), "seed": _int(0),
-              "augment_rounds": _int(0), "bn_recalibration": _bool, "root": _str}
+              "augment_rounds": _int(0), "bn_recalibration": _bool, "root": _str, "sequential": _bool}
     before = len(ck.problems)
     rec = ck.record(value, path, line, schema)
     image = _suite_vision.calibration_keys(ck, value, path, base_dir) if isinstance(value, LineDict) else {}

@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 
 BN_BATCH = 64  # images per BatchNorm re-estimation batch: part of the protocol, not an execution detail
 STRATEGY = "one pass: every layer's statistics from the dense model (OBC protocol), then prune each layer"
+SEQUENTIAL_STRATEGY = "sequential: each layer's statistics from the model with the earlier layers pruned"
 Batches = Callable[[int], Iterable[torch.Tensor]]  # batch size -> calibration batches (b, C, H, W)
 
 
@@ -242,6 +243,7 @@ def prune_vision(
     bn_recalibration: bool | None = None,
     measure_error: bool = True,
     progress: Callable[[int, int], None] | None = None,
+    sequential: bool = False,
 ) -> VisionPruneResult:
     """Prune ``model`` in place and return one report per pruned layer.
 
@@ -253,6 +255,11 @@ def prune_vision(
         bn_recalibration: re-estimate BatchNorm statistics after pruning; None = when the
             model has BatchNorm. Never for methods that change no weight (dense stays exact).
         measure_error: gather full Hessians so every layer's reconstruction error is reported.
+        sequential: gather each layer's statistics from the model with every earlier layer
+            already pruned (one forward pass over the calibration images per layer, hooks on
+            that layer only), as the LM driver does block by block, instead of all from the
+            dense model in one pass. Costs one pass per layer; fixes the compounding error of
+            high sparsity (the later layers see the inputs they will get).
     """
     device = torch.device(device)
     layers, skipped = select_layers(model, selection)
@@ -287,8 +294,17 @@ def prune_vision(
     method.prepare({n: m.weight.reshape(m.weight.shape[0], -1) for n, m in layers.items()}, target)  # (d_out, d_in)
     blocks = block_index(layers)
     reports = []
+    row_fns = _row_functions(layers)
     with torch.no_grad():
         for i, (name, mod) in enumerate(layers.items()):
+            if sequential and collector is not None and i > 0:  # inputs of the partly pruned model
+                collector = _Collector({name: mod}, mode, {name: row_fns[name]})
+                try:
+                    for x in batches(batch_size):
+                        model(x.to(device, dtype))
+                        collector.end_forward()
+                finally:
+                    collector.remove()
             stats = collector.stats(name) if collector is not None else None
             reports.append(_prune_one(method, name, mod, stats, target, blocks[name]))
             if progress is not None:

@@ -539,3 +539,39 @@ def test_imagenet_folder_calibration_and_eval_through_the_runner(tmp_path):
     assert record["publishable"] is False and record["model_info"]["data_config"]["input_size"] == [3, 160, 160]
     split = images.eval_split("imagenet", str(tmp_path / "inet"), 50)
     assert split.labels == list(range(0, 1000, 20))  # evenly spaced: one image from every 20th class
+
+
+def test_sequential_statistics_see_the_earlier_layers_pruned():
+    """sequential: each layer's Hessian comes from the model with the earlier layers already pruned."""
+    import torch
+    from torch import nn
+
+    from harness.method import PruneResult, PruningMethod
+    from harness.target import Target
+    from harness.vision import prune_vision
+
+    class Zeroing(PruningMethod):
+        name, stats = "zeroing", "hessian"
+
+        def __init__(self):
+            super().__init__()
+            self.seen = {}
+
+        def prune(self, name, weight, stats, target):
+            self.seen[name] = stats.hessian.clone()
+            return PruneResult(torch.zeros_like(weight))
+
+    def model():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1, bias=False),
+                             nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1, bias=False)).eval()
+
+    images = torch.randn(8, 1, 6, 6)
+    batches = lambda b: list(images.split(b))  # noqa: E731
+    one_pass, seq = Zeroing(), Zeroing()
+    prune_vision(model(), batches, one_pass, Target(0.5), batch_size=4, bn_recalibration=False)
+    prune_vision(model(), batches, seq, Target(0.5), batch_size=4, bn_recalibration=False, sequential=True)
+    assert sorted(seq.seen) == sorted(one_pass.seen) == ["2", "4"]  # "0" is the stem: dense by default
+    assert torch.equal(seq.seen["2"], one_pass.seen["2"])  # the first pruned layer sees dense inputs either way
+    assert float(one_pass.seen["4"].abs().max()) > 0  # one pass: dense inputs
+    assert float(seq.seen["4"].abs().max()) == 0  # sequential: layer 2 is all zeros, so layer 4's input is 0
