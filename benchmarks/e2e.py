@@ -12,15 +12,15 @@ from typing import Any
 
 CONFIGS = {
     # Real shapes; weights are random (no hub here). tie/proj settings as in the published configs.
-    "opt-125m": dict(family="opt", hidden_size=768, num_hidden_layers=12, num_attention_heads=12, ffn_dim=3072,
-                     vocab_size=50272, max_position_embeddings=2048, word_embed_proj_dim=768),
-    "opt-1.3b": dict(family="opt", hidden_size=2048, num_hidden_layers=24, num_attention_heads=32, ffn_dim=8192,
-                     vocab_size=50272, max_position_embeddings=2048, word_embed_proj_dim=2048),
-    # two blocks, Llama layout: the CPU dry run of gpu_check.sh (SMALL=1) and the smoke test
-    "llama-tiny": dict(family="llama", hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
-                       num_key_value_heads=4, intermediate_size=344, vocab_size=1000, max_position_embeddings=256),
-    "llama-2-7b": dict(family="llama", hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
-                       num_key_value_heads=32, intermediate_size=11008, vocab_size=32000, max_position_embeddings=4096),
+    "opt-125m": {"family": "opt", "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "ffn_dim": 3072,
+                  "vocab_size": 50272, "max_position_embeddings": 2048, "word_embed_proj_dim": 768},
+    "opt-1.3b": {"family": "opt", "hidden_size": 2048, "num_hidden_layers": 24, "num_attention_heads": 32, "ffn_dim": 8192,
+                  "vocab_size": 50272, "max_position_embeddings": 2048, "word_embed_proj_dim": 2048},
+    # two blocks, Llama layout: the CPU dry run of gpu_check.sh (SMALL=1)
+    "llama-tiny": {"family": "llama", "hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+                    "num_key_value_heads": 4, "intermediate_size": 344, "vocab_size": 1000, "max_position_embeddings": 256},
+    "llama-2-7b": {"family": "llama", "hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32,
+                    "num_key_value_heads": 32, "intermediate_size": 11008, "vocab_size": 32000, "max_position_embeddings": 4096},
 }
 
 
@@ -41,14 +41,13 @@ def build(name: str, dtype: str = "float32", device: str = "cpu"):
 
 def _child(name: str, method: str, n: int, seqlen: int, device: str, dtype: str) -> dict[str, Any]:
     import torch
+    import transformers  # noqa: F401  (count the libraries' own memory in the baseline)
 
     from harness.calibration import prune_sequential
     from harness.data import perplexity
     from harness.env import peak_rss_bytes
     from harness.method import get_method
     from harness.target import Target
-
-    import transformers  # noqa: F401  (count the libraries' own memory in the baseline)
 
     rss_before = peak_rss_bytes()
     t0 = time.perf_counter()
@@ -117,7 +116,7 @@ def run(name: str, method: str = "sparsegpt", n: int = 8, seqlen: int = 128, dev
         "import json, sys; from benchmarks.e2e import _child; "
         f"print('RESULT' + json.dumps(_child({name!r}, {method!r}, {n}, {seqlen}, {device!r}, {dtype!r})))"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT"):
             return json.loads(line[len("RESULT"):])
