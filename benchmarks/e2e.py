@@ -12,12 +12,15 @@ from typing import Any
 
 CONFIGS = {
     # Real shapes; weights are random (no hub here). tie/proj settings as in the published configs.
-    "opt-125m": dict(family="opt", hidden_size=768, num_hidden_layers=12, num_attention_heads=12, ffn_dim=3072,
-                     vocab_size=50272, max_position_embeddings=2048, word_embed_proj_dim=768),
-    "opt-1.3b": dict(family="opt", hidden_size=2048, num_hidden_layers=24, num_attention_heads=32, ffn_dim=8192,
-                     vocab_size=50272, max_position_embeddings=2048, word_embed_proj_dim=2048),
-    "llama-2-7b": dict(family="llama", hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
-                       num_key_value_heads=32, intermediate_size=11008, vocab_size=32000, max_position_embeddings=4096),
+    "opt-125m": {"family": "opt", "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "ffn_dim": 3072,
+                  "vocab_size": 50272, "max_position_embeddings": 2048, "word_embed_proj_dim": 768},
+    "opt-1.3b": {"family": "opt", "hidden_size": 2048, "num_hidden_layers": 24, "num_attention_heads": 32, "ffn_dim": 8192,
+                  "vocab_size": 50272, "max_position_embeddings": 2048, "word_embed_proj_dim": 2048},
+    # two blocks, Llama layout: the CPU dry run of gpu_check.sh (SMALL=1)
+    "llama-tiny": {"family": "llama", "hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+                    "num_key_value_heads": 4, "intermediate_size": 344, "vocab_size": 1000, "max_position_embeddings": 256},
+    "llama-2-7b": {"family": "llama", "hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32,
+                    "num_key_value_heads": 32, "intermediate_size": 11008, "vocab_size": 32000, "max_position_embeddings": 4096},
 }
 
 
@@ -38,6 +41,7 @@ def build(name: str, dtype: str = "float32", device: str = "cpu"):
 
 def _child(name: str, method: str, n: int, seqlen: int, device: str, dtype: str) -> dict[str, Any]:
     import torch
+    import transformers  # noqa: F401  (count the libraries' own memory in the baseline)
 
     from harness.calibration import prune_sequential
     from harness.data import perplexity
@@ -45,11 +49,13 @@ def _child(name: str, method: str, n: int, seqlen: int, device: str, dtype: str)
     from harness.method import get_method
     from harness.target import Target
 
-    import transformers  # noqa: F401  (count the libraries' own memory in the baseline)
-
     rss_before = peak_rss_bytes()
     t0 = time.perf_counter()
-    model = build(name, dtype, "cpu")
+    # On CUDA the random init runs on the GPU (minutes faster for 7B), then the model goes to the
+    # CPU: the driver streams one block at a time to the device, as it does for a real checkpoint.
+    model = build(name, dtype, device if device.startswith("cuda") else "cpu").to("cpu")
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
     t_build = time.perf_counter() - t0
     size = sum(p.numel() * p.element_size() for p in model.parameters())
     rss_after_build = peak_rss_bytes()
@@ -69,6 +75,7 @@ def _child(name: str, method: str, n: int, seqlen: int, device: str, dtype: str)
         "peak_rss_x_model": peak_rss_bytes() / size,
         # what the model and the driver add on top of the interpreter and libraries
         "peak_rss_over_baseline_x_model": (peak_rss_bytes() - rss_before) / size,
+        "layer_time_by_kind": _by_kind(reports),
         "layer_time_top": sorted(((r.name.split(".", 3)[-1], round(r.time_s, 3)) for r in reports[:8]), key=lambda x: -x[1]),
     }
     if device.startswith("cuda"):
@@ -88,6 +95,20 @@ def _child(name: str, method: str, n: int, seqlen: int, device: str, dtype: str)
     return out
 
 
+def _by_kind(reports) -> dict[str, dict[str, float]]:
+    """Per projection kind (q_proj, fc1, ...): layers, total and max prune seconds, mean relative error."""
+    kinds: dict[str, dict[str, float]] = {}
+    for r in reports:
+        k = kinds.setdefault(r.name.rsplit(".", 1)[-1], {"layers": 0, "total_s": 0.0, "max_s": 0.0, "rel_error_sum": 0.0})
+        k["layers"] += 1
+        k["total_s"] += r.time_s
+        k["max_s"] = max(k["max_s"], r.time_s)
+        k["rel_error_sum"] += float("nan") if r.rel_error is None else float(r.rel_error)
+    for k in kinds.values():
+        k["mean_rel_error"] = k.pop("rel_error_sum") / k["layers"]
+    return kinds
+
+
 def run(name: str, method: str = "sparsegpt", n: int = 8, seqlen: int = 128, device: str = "cpu",
         dtype: str = "float32") -> dict[str, Any]:
     """Run one end-to-end measurement in a fresh interpreter and return its JSON."""
@@ -95,7 +116,7 @@ def run(name: str, method: str = "sparsegpt", n: int = 8, seqlen: int = 128, dev
         "import json, sys; from benchmarks.e2e import _child; "
         f"print('RESULT' + json.dumps(_child({name!r}, {method!r}, {n}, {seqlen}, {device!r}, {dtype!r})))"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT"):
             return json.loads(line[len("RESULT"):])
