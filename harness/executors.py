@@ -237,7 +237,9 @@ class LocalExecutor:
                 for w in list(busy):
                     if w.conn in ready:
                         self._receive(w, batch)
-                    elif w.proc.sentinel in ready:
+                    # not elif: a dead worker's closed pipe is always ready too, and checking only
+                    # the pipe would spin forever without ever seeing the exit
+                    if w.proc.sentinel in ready:
                         self._died(w, batch, ctx, threads, replace=bool(queue) and not batch.stop.is_set())
         finally:
             self._shutdown()
