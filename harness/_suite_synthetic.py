@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from harness._suite_vision import model_kinds
 from harness._yaml import LineDict
-from harness.ids import ModelIdError, model_kind, parse_model_id
 
 NOT_FOR_SYNTHETIC = ("targets", "calibration", "evals", "layers")
 _WHY = {
@@ -62,16 +62,9 @@ def kind_rules(ck: Any, data: LineDict) -> bool:
     from harness.method import get_method
     from harness.registry import UnknownNameError
 
-    models = data.get("models") if isinstance(data.get("models"), list) else []
     kinds: dict[str, str] = {}  # kind -> first model id of that kind
-    for item in models:
-        raw = item.get("id") if isinstance(item, dict) else item
-        try:
-            kind = model_kind(parse_model_id(raw))
-        except ModelIdError:
-            continue  # reported by the model check
-        if kind is not None:
-            kinds.setdefault(kind, str(raw))
+    for _, raw, kind in model_kinds(data):
+        kinds.setdefault(kind, str(raw))
     methods = data.get("methods") if isinstance(data.get("methods"), list) else []
     for i, item in enumerate(methods):
         name = item.get("name") if isinstance(item, dict) else item

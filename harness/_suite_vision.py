@@ -106,18 +106,28 @@ def calibration_keys(ck: Any, value: LineDict, path: str, base_dir: str) -> dict
     return {"seqlen": None, "augment_rounds": value.get("augment_rounds", 0), "root": root}
 
 
-def kind_rules(ck: Any, data: LineDict, dense_only: bool) -> None:
-    """Rules across keys for the kinds of models: one kind per suite, matching calibration and evals."""
+def model_kinds(data: LineDict) -> list[tuple[int, Any, str]]:
+    """(index, id as written, kind) of each model in the raw suite whose kind is known; ids that do
+    not parse are left out (the model check reports them)."""
     models = data.get("models") if isinstance(data.get("models"), list) else []
-    kinds: dict[str, tuple[int, str]] = {}  # kind -> (line, id) of its first model
+    out = []
     for i, item in enumerate(models):
         raw = item.get("id") if isinstance(item, dict) else item
         try:
             kind = model_kind(parse_model_id(raw))
         except ModelIdError:
-            continue  # reported by the model check
+            continue
         if kind is not None:
-            kinds.setdefault(kind, (models.item_lines[i], str(raw)))
+            out.append((i, raw, kind))
+    return out
+
+
+def kind_rules(ck: Any, data: LineDict, dense_only: bool) -> None:
+    """Rules across keys for the kinds of models: one kind per suite, matching calibration and evals."""
+    models = data.get("models")
+    kinds: dict[str, tuple[int, str]] = {}  # kind -> (line, id) of its first model
+    for i, raw, kind in model_kinds(data):
+        kinds.setdefault(kind, (models.item_lines[i], str(raw)))
     if len(kinds) > 1:
         words = {"lm": "language models", "vision": "image classifiers", "synthetic": "synthetic problems"}
         a, b = [k for k in words if k in kinds][:2]
@@ -151,13 +161,7 @@ def profile_rules(ck: Any, data: LineDict) -> None:
     profiled = [(i, m) for i, m in enumerate(methods) if isinstance(m, dict) and m.get("sparsity_profile") == "owl"]
     if not profiled:
         return
-    models = data.get("models") if isinstance(data.get("models"), list) else []
-    for item in models:
-        raw = item.get("id") if isinstance(item, dict) else item
-        try:
-            kind = model_kind(parse_model_id(raw))
-        except ModelIdError:
-            continue
+    for _, raw, kind in model_kinds(data):
         if kind in ("vision", "synthetic"):
             i, m = profiled[0]
             what = "an image classifier" if kind == "vision" else "a synthetic problem"
