@@ -295,9 +295,14 @@ def prune_vision(
     blocks = block_index(layers)
     reports = []
     row_fns = _row_functions(layers)
+    recal = bn_recalibration is not False and method.modifies_weights and has_batchnorm(model)
+    bn_passes = 0
     with torch.no_grad():
         for i, (name, mod) in enumerate(layers.items()):
             if sequential and collector is not None and i > 0:  # inputs of the partly pruned model
+                if recal:  # BatchNorm's dense running stats would distort the pruned model's activations
+                    recalibrate_batchnorm(model, _no_singletons(batches(BN_BATCH)), device)
+                    bn_passes += 1
                 collector = _Collector({name: mod}, mode, {name: row_fns[name]})
                 try:
                     for x in batches(batch_size):
@@ -317,5 +322,7 @@ def prune_vision(
         bn = {"applied": False, "reason": "bn_recalibration: false"}
     else:
         bn = recalibrate_batchnorm(model, _no_singletons(batches(BN_BATCH)), device)
+        if bn_passes:
+            bn["before_each_layer"] = bn_passes  # sequential: re-estimated before each later layer's statistics
     bn["requested"] = "auto" if bn_recalibration is None else bn_recalibration
     return VisionPruneResult(reports, skipped, bn, n_images)

@@ -106,11 +106,16 @@ class IOBS(PruningMethod):
         val_samples: int = 32  # held-out calibration windows scored after every round (select: val)
         sequential: Literal["block", "true"] = "block"  # statistics per block, or per input group (q,k,v -> o ...)
         projection: Literal["sparsegpt", "obc", "topk"] = "sparsegpt"  # the OBS solver of each round
-        curvature: Literal["activations"] = "activations"  # H = X Xᵀ/n of the layer's inputs
+        curvature: Literal["activations", "fisher"] = "activations"  # H = X Xᵀ/n per layer, or block empirical Fisher
         loss: Literal["kl_dense", "ce"] = "kl_dense"  # global_grad: the calibration loss differentiated
         newton_damp: float = 0.01  # λ of the Newton solve, a fraction of mean(diag H)
         blocksize: int = 128  # SparseGPT projection: columns per block
         dampening_frac: float = 0.01  # SparseGPT/OBC projection damping, fraction of mean(diag H)
+        fisher_block_size: int = 128  # curvature fisher: consecutive weights per Fisher block (woodfisher block_size)
+        fisher_grads: int = 64  # curvature fisher: m gradients of the calibration CE in the empirical Fisher
+        fisher_grad_batch: int = 1  # curvature fisher: calibration windows averaged into each gradient
+        fisher_damp: float = 1e-5  # curvature fisher: λ in F = λI + (1/m)Σggᵀ
+        max_gib: float = 8.0  # curvature fisher: refuse when the m stored gradients exceed this
 
         def __post_init__(self) -> None:
             if self.step_size is None:
@@ -125,6 +130,16 @@ class IOBS(PruningMethod):
                 raise ValueError(f"val_samples must be at least 1, got {self.val_samples}")
             if self.blocksize <= 0 or not 0 <= self.dampening_frac < 10 or not 0 < self.newton_damp < 10:
                 raise ValueError("blocksize must be positive, dampening_frac in [0, 10), newton_damp in (0, 10)")
+            if self.curvature == "fisher":
+                if self.objective != "global_grad":
+                    raise ValueError("curvature: fisher takes a Newton step on a loss gradient: set objective: global_grad")
+                if self.projection != "sparsegpt":
+                    raise ValueError("curvature: fisher projects with its own block-Fisher OBS (woodfisher's); "
+                                     "leave projection unset")
+                if min(self.fisher_block_size, self.fisher_grads, self.fisher_grad_batch) < 1:
+                    raise ValueError("fisher_block_size, fisher_grads and fisher_grad_batch must be at least 1")
+                if not self.fisher_damp > 0 or not self.max_gib > 0:
+                    raise ValueError("fisher_damp and max_gib must be positive")
 
     level = "model"  # runs the layer-sequential driver T times, with a validation score in between
     wants_validation = True  # the runner draws val_samples held-out windows (ctx.validation)
@@ -151,20 +166,30 @@ class IOBS(PruningMethod):
 
         from harness.spec import LayerSelection
 
+        p = self.params
         chunk = max(ctx.batch_size, 1)
         batches = list(ctx.data.inputs.split(chunk))  # the windows and batches the layer path would use
         val = list(ctx.validation.inputs.split(chunk)) if ctx.validation is not None else []
-        selection = LayerSelection(targets=tuple(f"^{re.escape(n)}$" for n in ctx.layers))
-        progress = (lambda d, n: ctx.report("prune", d, n)) if ctx.progress else None
-        reports, log = prune_iterative(ctx.model, batches, val, self, target, device=ctx.device, selection=selection,
-                                       progress=progress)
-        p = self.params
+        if p.curvature == "fisher":
+            reports, log = prune_fisher(ctx, self, target, batches, val)
+        else:
+            selection = LayerSelection(targets=tuple(f"^{re.escape(n)}$" for n in ctx.layers))
+            progress = (lambda d, n: ctx.report("prune", d, n)) if ctx.progress else None
+            reports, log = prune_iterative(ctx.model, batches, val, self, target, device=ctx.device,
+                                           selection=selection, progress=progress)
+        fisher = p.curvature == "fisher"
         ctx.info.update({
             "objective": p.objective, "step_size": p.step_size, "iterations_run": len(log.round_time_s),
-            "iterations_chosen": log.chosen, "select": p.select, "sequential": p.sequential,
-            "projection": p.projection, "curvature": p.curvature, "stopped_early": log.stopped_early,
+            "iterations_chosen": log.chosen, "select": p.select,
+            "sequential": "none: every layer at once (model-level)" if fisher else p.sequential,
+            "projection": "block-Fisher OBS (woodfisher)" if fisher else p.projection,
+            "curvature": p.curvature, "stopped_early": log.stopped_early,
             "round_time_s": log.round_time_s, "loss": p.loss if p.objective == "global_grad" else None,
             "validation_windows": len(ctx.validation) if ctx.validation is not None else 0})
+        if fisher:
+            ctx.info["fisher"] = {"block_size": p.fisher_block_size, "num_grads": p.fisher_grads,
+                                  "grad_batch": p.fisher_grad_batch, "damp": p.fisher_damp,
+                                  "gradients_of": "next-token cross-entropy", "selection": "per layer"}
         ctx.series.extend({"name": "iobs/val_loss", "step": t, "value": v} for t, v in enumerate(log.val_loss, 1))
         ctx.model.to(ctx.device)
         return reports
@@ -269,25 +294,42 @@ def prune_iterative(
     path, blocks = find_blocks(model)
     layers = {n: m for i, b in enumerate(blocks) for n, m in prunable_layers(b, f"{path}.{i}", selection).items()}
     method._dense = {n: m.weight.detach().to("cpu", copy=True) for n, m in layers.items()}
+
+    def run_round(t: int) -> list:
+        if p.objective == "global_grad":
+            model.to(device)
+            method._grads = global_gradients(model, batches, layers, method._dense, p.loss, device)
+            model.to("cpu")
+        return prune_sequential(model, batches, method, target, device=device, selection=selection,
+                                progress=(lambda d, n: progress((t - 1) * n + d, p.iterations * n))
+                                if progress else None)
+
+    def score() -> float:
+        model.to(device)
+        val = mean_token_loss(model, val_batches, device)
+        model.to("cpu")
+        return val
+
+    try:
+        return _rounds(p, run_round, score, layers, bool(val_batches))
+    finally:
+        method._dense, method._grads = {}, {}
+
+
+def _rounds(p: Any, run_round: Callable[[int], list], score: Callable[[], float], layers: dict[str, Any],
+            have_val: bool) -> tuple[list, IterationLog]:
+    """Run up to T rounds; with ``select: val`` score each, keep the best weights, stop once worse than round 1."""
     scored = p.select == "val" and p.iterations > 1
-    if scored and not val_batches:
+    if scored and not have_val:
         raise ValueError("iobs select: val needs validation windows")
     log = IterationLog()
     best: tuple[float, dict, list] | None = None
     reports: list = []
     for t in range(1, p.iterations + 1):
         t0 = time.perf_counter()
-        if p.objective == "global_grad":
-            model.to(device)
-            method._grads = global_gradients(model, batches, layers, method._dense, p.loss, device)
-            model.to("cpu")
-        reports = prune_sequential(model, batches, method, target, device=device, selection=selection,
-                                   progress=(lambda d, n, t=t: progress((t - 1) * n + d, p.iterations * n))
-                                   if progress else None)
+        reports = run_round(t)
         if scored:
-            model.to(device)
-            val = mean_token_loss(model, val_batches, device)
-            model.to("cpu")
+            val = score()
             if not math.isfinite(val):
                 val = float("inf")
             log.val_loss.append(val)
@@ -303,5 +345,63 @@ def prune_iterative(
         for n, m in layers.items():
             m.weight.data.copy_(best[1][n].to(m.weight.device, m.weight.dtype))
         reports = best[2]
-    method._dense, method._grads = {}, {}
     return reports, log
+
+
+def fisher_round(ctx: Any, method: IOBS, target: Target, batches: list) -> list:
+    """One I-OBS round with block empirical-Fisher curvature, on every prunable layer at once.
+
+    At the current weights θ_t: m gradients of the calibration cross-entropy give the block
+    Fisher F = λI + (1/m)Σggᵀ (woodfisher's, none masked, so pruned weights may come back);
+    the Newton point w~ = θ_t − η F⁻¹G with G the gradient of ``loss`` over all calibration
+    windows; then woodfisher's projection: the lowest w~_q²/(2[F⁻¹]_qq) of each layer pruned
+    and the rest updated by the block OBS step. With η = 0 this is one-shot woodfisher.
+    """
+    from harness.calibration import LayerReport
+    from methods.woodfisher import check_fisher_budget, layer_pass, sample_gradients, select, woodfisher_stats
+
+    p = method.params
+    shapes = check_fisher_budget(ctx, target, p.fisher_grads, p.fisher_grad_batch, p.max_gib, "iobs curvature: fisher",
+                                 ("fisher_grads", "fisher_grad_batch"))
+    none = {n: torch.zeros(r * c, dtype=torch.bool, device=ctx.device) for n, (r, c) in shapes.items()}
+    grads, _ = sample_gradients(ctx, none, p.fisher_grads, p.fisher_grad_batch)
+    gbar = (global_gradients(ctx.model, batches, ctx.layers, method._dense, p.loss, ctx.device)
+            if p.step_size else {})
+    stats, points, times, steps = {}, {}, {}, {}
+    for name in ctx.layers:
+        t0 = time.perf_counter()
+        w = ctx.weight(name).reshape(-1).float()
+        newton = (gbar[name].reshape(-1).to(w.device), p.step_size) if name in gbar else None
+        diag, points[name] = layer_pass(w, grads[name], p.fisher_block_size, p.fisher_damp, newton=newton)
+        stats[name] = woodfisher_stats(points[name], diag)
+        norm = float(w.norm())
+        steps[name] = float((points[name] - w).norm()) / norm if norm > 0 else 0.0
+        times[name] = time.perf_counter() - t0
+    masks = select(stats, none, shapes, target, target.sparsity, "layer")
+    reports = []
+    for name in ctx.layers:
+        t0 = time.perf_counter()
+        _, new = layer_pass(points[name], grads[name], p.fisher_block_size, p.fisher_damp, masks[name])
+        ctx.set_weight(name, new.masked_fill(masks[name], 0.0))
+        rows, cols = shapes[name]
+        info = {"obs_loss": float(stats[name][masks[name]].sum()), "newton_rel_step": steps[name]}
+        reports.append(LayerReport(name, ctx.blocks[name], rows, cols, None,
+                                   times[name] + time.perf_counter() - t0, info))
+    return reports
+
+
+def prune_fisher(ctx: Any, method: IOBS, target: Target, batches: list, val_batches: list) -> tuple[list, IterationLog]:
+    """I-OBS(T) with ``curvature: fisher`` through the model-level context (the model stays on its device)."""
+    p = method.params
+    method._dense = {n: m.weight.detach().to("cpu", copy=True) for n, m in ctx.layers.items()}
+
+    def run_round(t: int) -> list:
+        reports = fisher_round(ctx, method, target, batches)
+        ctx.report("iobs rounds", t, p.iterations)
+        return reports
+
+    try:
+        return _rounds(p, run_round, lambda: mean_token_loss(ctx.model, val_batches, ctx.device), ctx.layers,
+                       bool(val_batches))
+    finally:
+        method._dense = {}

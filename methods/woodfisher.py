@@ -118,21 +118,26 @@ def _blocks(flat: torch.Tensor, b: int) -> torch.Tensor:
 
 
 def layer_pass(w: torch.Tensor, grads: torch.Tensor, b: int, damp: float,
-               newly: torch.Tensor | None = None, inverse: str = "woodbury"
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+               newly: torch.Tensor | None = None, inverse: str = "woodbury",
+               newton: tuple[torch.Tensor, float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One layer: diag(F⁻¹) and, given ``newly`` (numel,) bool, the OBS-updated weights.
 
     Args:
         w: (numel,) flattened weight; grads: (m, numel) its gradients.
         inverse: ``"woodbury"`` (factored identity, float64) or ``"recursion"`` (the reference's
             Sherman–Morrison loop on explicit B×B blocks, in the gradients' dtype).
+        newton: ``(g, η)`` with g (numel,) a loss gradient: return the Newton point
+            w − η F⁻¹g per block instead (``newly`` must be None; I-OBS with Fisher curvature).
 
     Returns:
-        (diag (numel,), new w (numel,) float32, equal to ``w`` when ``newly`` is None).
+        (diag (numel,), new w (numel,) float32: the OBS update, the Newton point, or ``w``).
     """
+    if newton is not None and newly is not None:
+        raise ValueError("layer_pass takes either a Newton step or an OBS update, not both")
     numel = w.numel()
     wb, gb = _blocks(w, b), _blocks(grads, b).transpose(0, 1)  # (blocks, B), (blocks, m, B)
     nb_b = _blocks(newly, b) if newly is not None else None
+    step_b = _blocks(newton[0].to(w.dtype), b) if newton is not None and newton[1] != 0 else None
     diag, out = torch.empty_like(wb, dtype=torch.float64), wb.clone()
     per_block = b * b * 4 if inverse == "recursion" else 2 * gb.shape[1] * b * 8
     step = max(1, CHUNK_BYTES // per_block)
@@ -143,9 +148,13 @@ def layer_pass(w: torch.Tensor, grads: torch.Tensor, b: int, damp: float,
             diag[sl] = torch.diagonal(finv, dim1=1, dim2=2)
             if nb_b is not None:
                 out[sl] = obs_update(wb[sl], finv, nb_b[sl])
+            elif step_b is not None:
+                out[sl] = wb[sl] - newton[1] * torch.bmm(finv, step_b[sl].unsqueeze(-1)).squeeze(-1)
             continue
         d, z = woodbury_parts(g, damp)
         diag[sl] = d
+        if step_b is not None:
+            out[sl] = (wb[sl].double() - newton[1] * apply_inverse(g, z, step_b[sl], damp)).to(out.dtype)
         if nb_b is not None:
             v = torch.where(nb_b[sl], -wb[sl].double() / d, torch.zeros_like(d))
             out[sl] = (wb[sl].double() + apply_inverse(g, z, v, damp)).masked_fill(nb_b[sl], 0.0).to(out.dtype)
@@ -220,6 +229,27 @@ def sample_gradients(ctx: ModelContext, masks: dict[str, torch.Tensor], num_grad
     return grads, total
 
 
+def check_fisher_budget(ctx: ModelContext, target: Target, num_grads: int, grad_batch: int, max_gib: float,
+                        who: str = "woodfisher", keys: tuple[str, str] = ("num_grads", "grad_batch")
+                        ) -> dict[str, tuple[int, int]]:
+    """Refuse, in one line, a Fisher the data or memory cannot hold; return each layer's (rows, cols)."""
+    shapes = {n: tuple(ctx.weight(n).shape) for n in ctx.layers}
+    total = sum(r * c for r, c in shapes.values())
+    need = num_grads * grad_batch
+    if need > len(ctx.data):
+        raise ValueError(f"{who} needs {keys[0]} × {keys[1]} = {need} calibration samples, the suite "
+                         f"gives {len(ctx.data)}: lower {keys[0]}/{keys[1]} or raise calibration.n_samples")
+    gib = 4 * num_grads * total / 2**30
+    if gib > max_gib:
+        raise ValueError(f"{who}: {num_grads} gradients of {total:,} prunable weights need {gib:.1f} GiB, "
+                         f"above max_gib {max_gib:g}; lower {keys[0]} or raise max_gib")
+    if target.is_nm:
+        bad = [n for n, (_, c) in shapes.items() if c % target.m]
+        if bad:
+            raise ValueError(f"{bad[0]}: input dim {shapes[bad[0]][1]} is not a multiple of {target.m}")
+    return shapes
+
+
 @register_method("woodfisher")
 class WoodFisher(PruningMethod):
     """WoodFisher: block-diagonal empirical-Fisher OBS, global or per-layer, with recomputation.
@@ -263,20 +293,8 @@ class WoodFisher(PruningMethod):
         from harness.calibration import LayerReport
 
         p = self.params
-        shapes = {n: tuple(ctx.weight(n).shape) for n in ctx.layers}
-        total = sum(r * c for r, c in shapes.values())
+        shapes = check_fisher_budget(ctx, target, p.num_grads, p.grad_batch, p.max_gib)
         need = p.num_grads * p.grad_batch
-        if need > len(ctx.data):
-            raise ValueError(f"woodfisher needs num_grads × grad_batch = {need} calibration samples, the suite "
-                             f"gives {len(ctx.data)}: lower num_grads/grad_batch or raise calibration.n_samples")
-        gib = 4 * p.num_grads * total / 2**30
-        if gib > p.max_gib:
-            raise ValueError(f"woodfisher: {p.num_grads} gradients of {total:,} prunable weights need {gib:.1f} GiB, "
-                             f"above max_gib {p.max_gib:g}; lower num_grads or raise max_gib")
-        if target.is_nm:
-            bad = [n for n, (_, c) in shapes.items() if c % target.m]
-            if bad:
-                raise ValueError(f"{bad[0]}: input dim {shapes[bad[0]][1]} is not a multiple of {target.m}")
         pruned = {n: torch.zeros(r * c, dtype=torch.bool, device=ctx.device) for n, (r, c) in shapes.items()}
         times = dict.fromkeys(ctx.layers, 0.0)
         obs_loss = dict.fromkeys(ctx.layers, 0.0)

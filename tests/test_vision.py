@@ -575,3 +575,44 @@ def test_sequential_statistics_see_the_earlier_layers_pruned():
     assert torch.equal(seq.seen["2"], one_pass.seen["2"])  # the first pruned layer sees dense inputs either way
     assert float(one_pass.seen["4"].abs().max()) > 0  # one pass: dense inputs
     assert float(seq.seen["4"].abs().max()) == 0  # sequential: layer 2 is all zeros, so layer 4's input is 0
+
+
+def test_sequential_reestimates_batchnorm_before_each_later_layer():
+    """With BatchNorm re-estimation on, a later layer's statistics come from the pruned model with fresh BN stats."""
+    import torch
+    from torch import nn
+
+    from harness.method import PruneResult, PruningMethod
+    from harness.target import Target
+    from harness.vision import prune_vision
+
+    class Scaling(PruningMethod):
+        name, stats = "scaling", "hessian"
+
+        def __init__(self, factor):
+            super().__init__()
+            self.factor, self.seen = factor, {}
+
+        def prune(self, name, weight, stats, target):
+            self.seen[name] = stats.hessian.clone()
+            return PruneResult(weight * self.factor)
+
+    def model():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1, bias=False),
+                             nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1)).eval()
+
+    images = torch.randn(8, 1, 6, 6)
+    batches = lambda b: list(images.split(b))  # noqa: E731
+    seen = {}
+    for recal in (True, False):
+        for factor in (1.0, 10.0):
+            method = Scaling(factor)
+            res = prune_vision(model(), batches, method, Target(0.5), batch_size=4, bn_recalibration=recal,
+                               sequential=True)
+            seen[recal, factor] = method.seen["5"]
+            assert res.bn_recalibration.get("before_each_layer") == (1 if recal else None)
+    # re-estimated BN normalises the scaled conv away: layer 5 sees the same inputs either way
+    torch.testing.assert_close(seen[True, 10.0], seen[True, 1.0], rtol=1e-3, atol=1e-5)
+    # with BN's stale statistics the scale passes through (inputs 10x, Hessian about 100x)
+    assert float(seen[False, 10.0].trace()) > 50 * float(seen[False, 1.0].trace())
