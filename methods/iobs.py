@@ -353,8 +353,8 @@ def fisher_round(ctx: Any, method: IOBS, target: Target, batches: list) -> list:
 
     At the current weights θ_t: m gradients of the calibration cross-entropy give the block
     Fisher F = λI + (1/m)Σggᵀ (woodfisher's, none masked, so pruned weights may come back);
-    the Newton point w~ = θ_t − η F⁻¹G with G the gradient of ``loss`` over all calibration
-    windows; then woodfisher's projection: the lowest w~_q²/(2[F⁻¹]_qq) of each layer pruned
+    the Newton point w~ = θ_t − η F_N⁻¹G with G the gradient of ``loss`` over all calibration
+    windows and F_N the same Fisher damped by ``newton_damp`` × its mean diagonal; then woodfisher's projection: the lowest w~_q²/(2[F⁻¹]_qq) of each layer pruned
     and the rest updated by the block OBS step. With η = 0 this is one-shot woodfisher.
     """
     from harness.calibration import LayerReport
@@ -371,8 +371,13 @@ def fisher_round(ctx: Any, method: IOBS, target: Target, batches: list) -> list:
     for name in ctx.layers:
         t0 = time.perf_counter()
         w = ctx.weight(name).reshape(-1).float()
-        newton = (gbar[name].reshape(-1).to(w.device), p.step_size) if name in gbar else None
-        diag, points[name] = layer_pass(w, grads[name], p.fisher_block_size, p.fisher_damp, newton=newton)
+        points[name] = w
+        if name in gbar:  # the Newton solve is damped relative to the Fisher's scale (λ_N = newton_damp·mean diag):
+            # WoodFisher's tiny absolute λ would multiply the part of G outside the m gradients' span by 1/λ
+            lam = max(p.fisher_damp, p.newton_damp * float(grads[name].square().sum()) / grads[name].numel())
+            _, points[name] = layer_pass(w, grads[name], p.fisher_block_size, lam,
+                                         newton=(gbar[name].reshape(-1).to(w.device), p.step_size))
+        diag, _ = layer_pass(points[name], grads[name], p.fisher_block_size, p.fisher_damp)
         stats[name] = woodfisher_stats(points[name], diag)
         norm = float(w.norm())
         steps[name] = float((points[name] - w).norm()) / norm if norm > 0 else 0.0

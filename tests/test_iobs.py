@@ -210,3 +210,53 @@ def test_iobs_cell_records_rounds_and_validation_curve(tmp_path):
     info = record["prune_info"]
     assert info["level"] == "model" and info["validation_windows"] == 4 and info["iterations_run"] == 2
     assert info["iterations_chosen"] == 1 + [v for _, _, v in rows].index(min(v for _, _, v in rows))
+
+
+FISHER = {"objective": "global_grad", "curvature": "fisher", "fisher_grads": 8, "fisher_grad_batch": 2,
+          "fisher_block_size": 32}
+
+
+def test_fisher_curvature_with_zero_step_is_one_shot_woodfisher_bit_for_bit():
+    from harness.global_driver import prune_model_lm
+
+    tokens = torch.randint(0, 128, (16, 16), generator=torch.Generator().manual_seed(0))
+    ref = tiny_model("llama")
+    prune_model_lm(ref, tokens, method("woodfisher", num_grads=8, grad_batch=2, block_size=32), Target(0.6))
+    model = tiny_model("llama")
+    res = prune_model_lm(model, tokens, method("iobs", iterations=1, step_size=0.0, **FISHER), Target(0.6))
+    assert res.info["curvature"] == "fisher" and res.info["fisher"]["num_grads"] == 8
+    for (name, a), (_, b) in zip(ref.named_parameters(), model.named_parameters()):
+        assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("loss", ["kl_dense", "ce"])
+def test_fisher_rounds_take_newton_steps_and_keep_the_best_round(loss):
+    from harness.global_driver import prune_model_lm
+
+    g = torch.Generator().manual_seed(1)
+    tokens, val = torch.randint(0, 128, (16, 16), generator=g), torch.randint(0, 128, (4, 16), generator=g)
+    model = tiny_model("opt")
+    res = prune_model_lm(model, tokens, method("iobs", iterations=3, step_size=0.5, loss=loss, **FISHER),
+                         Target(0.5), validation=val)
+    curve = [r["value"] for r in res.series if r["name"] == "iobs/val_loss"]
+    assert len(curve) == res.info["iterations_run"] and 1 <= res.info["iterations_chosen"] <= len(curve)
+    assert mean_token_loss(model, [val], "cpu") == pytest.approx(min(curve), rel=1e-5)
+    steps = [r.info["newton_rel_step"] for r in res.reports]
+    # KL to the dense model has a zero gradient at the dense weights: round 1 is (almost) plain woodfisher
+    moved = loss == "ce" or res.info["iterations_chosen"] > 1
+    assert (max(steps) > 1e-3) == moved, (steps, res.info)
+    for r in res.reports:
+        w = model.get_submodule(r.name).weight
+        assert abs(float((w == 0).float().mean()) - 0.5) <= 1 / w.numel() + 1e-6
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"curvature": "fisher"}, "objective: global_grad"),
+    ({"curvature": "fisher", "objective": "global_grad", "projection": "obc"}, "projection"),
+    ({"curvature": "fisher", "objective": "global_grad", "fisher_damp": 0.0}, "fisher_damp"),
+])
+def test_fisher_curvature_params_are_checked(params, message):
+    from harness.method import ParamsError
+
+    with pytest.raises(ParamsError, match=message):
+        build_params(get_method("iobs"), params)
