@@ -55,12 +55,13 @@ def _folder_warning(ck: Any, line: int, path: str, root: str | None, split: str)
 
 
 def image_eval(dataset: str, base_dir: str) -> Callable[[Any, Any, str, int], ImageEvalSpec | None]:
-    """The check of ``evals.<dataset>``: ``{limit}`` (plus ``root`` for imagenet); null means ``{}``."""
+    """The check of ``evals.<dataset>``: ``{limit, agreement}`` (plus ``root`` for imagenet); null means ``{}``."""
 
     def check(ck: Any, value: Any, path: str, line: int) -> ImageEvalSpec | None:
         if value is None:
             return ImageEvalSpec(dataset)
-        schema: dict[str, Any] = {"limit": lambda ck, v, p, ln: None if v is None else ck.integer(v, p, ln, 1)}
+        schema: dict[str, Any] = {"limit": lambda ck, v, p, ln: None if v is None else ck.integer(v, p, ln, 1),
+                                  "agreement": lambda ck, v, p, ln: ck.boolean(v, p, ln)}
         if dataset == "imagenet":
             schema["root"] = lambda ck, v, p, ln: ck.string(v, p, ln)
         rec = ck.record(value, path, line, schema)
@@ -71,7 +72,7 @@ def image_eval(dataset: str, base_dir: str) -> Callable[[Any, Any, str, int], Im
             root = suite_path(ck, rec["root"], base_dir, value.key_lines.get("root", line), f"{path}.root")
         if dataset == "imagenet":
             _folder_warning(ck, value.key_lines.get("root", line), path, root, "val")
-        return ImageEvalSpec(dataset, rec.get("limit"), root)
+        return ImageEvalSpec(dataset, rec.get("limit"), root, bool(rec.get("agreement")))
 
     return check
 

@@ -56,8 +56,12 @@ def evaluate_images(
     device: Any,
     batch_size: int,
     progress: Callable[[str, int, int], None] | None = None,
+    dense_logits: dict[str, Any] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Top-1 and top-5 accuracy on each requested image set, through the model's data config.
+
+    With ``agreement`` on an eval, ``dense_logits[dataset]`` (the dense model's logits on the
+    same images) adds ``<dataset>/agree_top1`` and ``<dataset>/kl_dense`` (not headline).
 
     Returns:
         The metric rows and, per dataset, where the images came from and how many were used.
@@ -69,12 +73,20 @@ def evaluate_images(
         split = images.eval_split(spec.dataset, spec.root, spec.limit)
         name = f"{spec.dataset}/top1"
         cb = (lambda done, total, _n=name: progress(_n, done, total)) if progress else None
-        top1, top5, n = images.accuracy(model, split, data_config, device=device, batch_size=batch_size, progress=cb)
+        logits = images.predict(model, split, data_config, device=device, batch_size=batch_size, progress=cb)
+        top1, top5, n = images.accuracy_of(logits, split)
         for measure, value, headline in (("top1", top1, True), ("top5", top5, False)):
             if value is not None:
                 stderr = math.sqrt(value * (1 - value) / n)
                 rows.append({"name": f"{spec.dataset}/{measure}", "value": value, "stderr": stderr, "n": n,
                              "headline": headline})
+        if spec.agreement:
+            if dense_logits is None or spec.dataset not in dense_logits:
+                raise ValueError(f"{spec.dataset} agreement needs the dense model's logits")
+            agree, kl, kl_err = images.agreement(logits, dense_logits[spec.dataset])
+            rows += [{"name": f"{spec.dataset}/agree_top1", "value": agree, "n": n, "headline": False,
+                      "stderr": math.sqrt(agree * (1 - agree) / n)},
+                     {"name": f"{spec.dataset}/kl_dense", "value": kl, "stderr": kl_err, "n": n, "headline": False}]
         info[spec.dataset] = {"source": split.source, "images": n, "limit": spec.limit}
     return rows, info
 
@@ -88,6 +100,7 @@ def evaluate_all(
     caches: dict,
     progress: Callable[[str, int, int], None] | None = None,
     data_config: dict[str, Any] | None = None,
+    dense_logits: dict[str, Any] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Every eval of ``spec`` on the (pruned) model: perplexity, lm-eval tasks, image accuracy.
 
@@ -95,6 +108,7 @@ def evaluate_all(
         caches: The runner's per-suite caches; ``caches["tokens"]`` holds tokenized
             perplexity streams, ``caches["lm_eval"]`` lm-eval's task index.
         data_config: a vision model's timm data config (its preprocessing); None for LMs.
+        dense_logits: vision: dataset -> the dense model's logits, for evals with ``agreement``.
 
     Returns:
         The metric rows, and ``eval_info`` for the record (``{"lm_eval": ...}``, ``{"images": ...}`` when run).
@@ -120,6 +134,7 @@ def evaluate_all(
         if data_config is None:
             raise ValueError("image evals need the model's data config (is this an image classifier?)")
         image_rows, info["images"] = evaluate_images(model, data_config, spec.image_evals, device=device,
-                                                     batch_size=spec.batch_size, progress=progress)
+                                                     batch_size=spec.batch_size, progress=progress,
+                                                     dense_logits=dense_logits)
         rows += image_rows
     return rows, info

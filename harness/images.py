@@ -234,32 +234,59 @@ def eval_split(dataset: str, root: str | None = None, limit: int | None = None) 
     return LabelledImages([full.items[i] for i in keep], [full.labels[i] for i in keep], full.source)
 
 
-def accuracy(model: Any, split: LabelledImages, data_config: dict[str, Any], *, device: Any = "cpu",
-             batch_size: int = 64, progress: Callable[[int, int], None] | None = None) -> tuple[float, float | None, int]:
-    """(top-1, top-5, images) of ``model`` on ``split`` through its evaluation transform.
-
-    Top-5 is None for models with fewer than 5 classes.
-    """
+def predict(model: Any, split: LabelledImages, data_config: dict[str, Any], *, device: Any = "cpu",
+            batch_size: int = 64, progress: Callable[[int, int], None] | None = None) -> Any:
+    """The model's logits on ``split`` through its evaluation transform, (images, classes) float32 on the CPU."""
     import torch
 
-    labels = torch.tensor(split.labels)
     param = next(model.parameters())
-    hit1 = hit5 = done = 0
+    out, done = [], 0
     stream = ImageStream(split.items, data_config, "eval")
     with torch.no_grad():
         for x in stream.batches(batch_size):
-            logits = model(x.to(device, param.dtype)).float()  # (b, classes)
-            y = labels[done : done + x.shape[0]].to(logits.device)
-            if done == 0 and int(labels.max()) >= logits.shape[1]:
-                raise ValueError(f"the model has {logits.shape[1]} classes but {split.source} has labels up to "
-                                 f"{int(labels.max())}")
-            top = logits.topk(min(5, logits.shape[1]), dim=1).indices  # (b, k)
-            hit1 += int((top[:, 0] == y).sum())
-            hit5 += int((top == y[:, None]).any(1).sum())
+            out.append(model(x.to(device, param.dtype)).float().cpu())  # (b, classes)
             done += x.shape[0]
             if progress is not None:
                 progress(done, len(split.items))
     if done == 0:
         raise ValueError(f"no evaluation images in {split.source}")
-    top5 = hit5 / done if logits.shape[1] >= 5 else None
-    return hit1 / done, top5, done
+    return torch.cat(out)
+
+
+def accuracy_of(logits: Any, split: LabelledImages) -> tuple[float, float | None, int]:
+    """(top-1, top-5, images) from logits (images, classes); top-5 is None below 5 classes."""
+    import torch
+
+    labels = torch.tensor(split.labels)
+    if int(labels.max()) >= logits.shape[1]:
+        raise ValueError(f"the model has {logits.shape[1]} classes but {split.source} has labels up to "
+                         f"{int(labels.max())}")
+    top = logits.topk(min(5, logits.shape[1]), dim=1).indices  # (n, k)
+    n = logits.shape[0]
+    top5 = float((top == labels[:, None]).any(1).float().mean()) if logits.shape[1] >= 5 else None
+    return float((top[:, 0] == labels).float().mean()), top5, n
+
+
+def accuracy(model: Any, split: LabelledImages, data_config: dict[str, Any], *, device: Any = "cpu",
+             batch_size: int = 64, progress: Callable[[int, int], None] | None = None) -> tuple[float, float | None, int]:
+    """(top-1, top-5, images) of ``model`` on ``split`` through its evaluation transform."""
+    logits = predict(model, split, data_config, device=device, batch_size=batch_size, progress=progress)
+    return accuracy_of(logits, split)
+
+
+def agreement(logits: Any, dense_logits: Any) -> tuple[float, float, float]:
+    """(top-1 agreement, mean KL(p_dense ‖ p_model) in nats per image, its standard error) against
+    the dense model's logits.
+
+    Needs no labels: a way to score a pruned model on any images, and a finer signal than top-1
+    (two models with equal accuracy can disagree on many images).
+    """
+    import torch.nn.functional as F
+
+    if logits.shape != dense_logits.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} and dense logits {tuple(dense_logits.shape)} differ")
+    agree = float((logits.argmax(1) == dense_logits.argmax(1)).float().mean())
+    ref, cur = F.log_softmax(dense_logits.double(), 1), F.log_softmax(logits.double(), 1)
+    kl = (ref.exp() * (ref - cur)).sum(1)  # (images,)
+    stderr = float(kl.std() / kl.numel() ** 0.5) if kl.numel() > 1 else 0.0
+    return agree, float(kl.mean()), stderr

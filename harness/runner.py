@@ -233,6 +233,7 @@ def _prune_and_evaluate(spec: RunSpec, record: dict, *, device: str, caches: dic
     record["environment"] = {**record["environment"], "method_origin": cls.origin,  # plugin dist==version
                              "method_category": cls.category}  # "fine-tuning" is labelled on the leaderboard
     model = loaded.model
+    dense_logits = _dense_logits(spec, loaded, device, caches) if vision else None
 
     prune = _prune_vision if vision else _prune_lm  # each sets record["prune_time_s"]
     reports = prune(spec, loaded, method, target, record, device=device, caches=caches, reporter=reporter)
@@ -242,6 +243,7 @@ def _prune_and_evaluate(spec: RunSpec, record: dict, *, device: str, caches: dic
     record["metrics"], record["eval_info"] = evaluate_all(
         model, loaded.tokenizer, spec, device=device, caches=caches,
         progress=lambda n, d, t: reporter.progress(f"eval {n}", d, t), data_config=loaded.data_config,
+        dense_logits=dense_logits,
     )
     for row in record["metrics"]:
         if row["value"] != row["value"] or row["value"] in (float("inf"), float("-inf")):
@@ -250,6 +252,24 @@ def _prune_and_evaluate(spec: RunSpec, record: dict, *, device: str, caches: dic
         record["peak_cuda_bytes"] = int(torch.cuda.max_memory_allocated())
     record["status"] = "ok"
     model.to("cpu")
+
+
+def _dense_logits(spec: RunSpec, loaded: Any, device: str, caches: dict) -> dict[str, Any]:
+    """The unpruned model's logits on each image eval that asks for ``agreement`` (cached per suite)."""
+    from harness import images
+
+    out = {}
+    for ev in spec.image_evals:
+        if not ev.agreement:
+            continue
+        key = (repr(spec.model), ev.dataset, ev.limit, ev.root)
+        if key not in caches.setdefault("dense_logits", {}):
+            loaded.model.to(device).eval()
+            split = images.eval_split(ev.dataset, ev.root, ev.limit)
+            caches["dense_logits"][key] = images.predict(loaded.model, split, loaded.data_config, device=device,
+                                                         batch_size=spec.batch_size)
+        out[ev.dataset] = caches["dense_logits"][key]
+    return out
 
 
 def _prune_lm(spec: RunSpec, loaded: Any, method: Any, target: Any, record: dict, *, device: str, caches: dict,

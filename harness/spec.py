@@ -76,9 +76,13 @@ class ImageEvalSpec:
     dataset: str  # "digits" (the zoo's held-out split) or "imagenet" (the val/ ImageFolder)
     limit: int | None = None  # evenly spaced subset of this many images; set = not publishable
     root: str | None = None  # imagenet: the val/ ImageFolder; None = $SPARSEBENCH_IMAGENET/val (not identity)
+    agreement: bool = False  # also top-1 agreement with, and KL from, the dense model on the same images
 
     def identity(self) -> dict[str, Any]:
-        return {"dataset": self.dataset, "limit": self.limit}
+        d: dict[str, Any] = {"dataset": self.dataset, "limit": self.limit}
+        if self.agreement:  # left out when off, so earlier run ids stay valid
+            d["agreement"] = True
+        return d
 
 
 @dataclass(frozen=True)

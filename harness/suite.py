@@ -183,6 +183,11 @@ class _Checker:
             self.err(line, path, f"expected a string; got {_got(value)}")
         return value
 
+    def boolean(self, value: Any, path: str, line: int) -> bool | None:
+        if not isinstance(value, bool):
+            self.err(line, path, f"expected true or false; got {_got(value)}")
+        return value
+
     def choice(self, value: Any, path: str, line: int, choices: list[str], kind: str) -> str | None:
         if isinstance(self.string(value, path, line), str) and value not in choices:
             self.err(line, path, unknown_message(kind, value, choices))
@@ -198,9 +203,7 @@ def _str(ck: _Checker, value: Any, path: str, line: int) -> Any:
 
 
 def _bool(ck: _Checker, value: Any, path: str, line: int) -> Any:
-    if not isinstance(value, bool):
-        ck.err(line, path, f"expected true or false; got {_got(value)}")
-    return value
+    return ck.boolean(value, path, line)
 
 
 def _dataset(ck: _Checker, value: Any, path: str, line: int) -> Any:

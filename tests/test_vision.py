@@ -616,3 +616,43 @@ def test_sequential_reestimates_batchnorm_before_each_later_layer():
     torch.testing.assert_close(seen[True, 10.0], seen[True, 1.0], rtol=1e-3, atol=1e-5)
     # with BN's stale statistics the scale passes through (inputs 10x, Hessian about 100x)
     assert float(seen[False, 10.0].trace()) > 50 * float(seen[False, 1.0].trace())
+
+
+def test_agreement_and_kl_against_the_dense_logits():
+    dense = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    assert images.agreement(dense, dense) == (1.0, 0.0, 0.0)
+    other = torch.tensor([[2.0, 0.0, 0.0], [1.0, 0.0, 0.0]])  # second image flips to class 0
+    agree, kl, _ = images.agreement(other, dense)
+    p = torch.softmax(dense[1], 0)
+    expected = float((p * (p.log() - torch.log_softmax(other[1], 0))).sum()) / 2
+    assert agree == 0.5 and kl == pytest.approx(expected, rel=1e-6)
+
+
+def test_agreement_eval_through_the_runner(tmp_path):
+    """evals.digits.agreement adds agree_top1 and kl_dense: exact for dense, below 1 / above 0 once pruned."""
+    from harness.runner import run_suite
+    from harness.store import Store
+    from harness.suite import load_suite
+
+    path = write(tmp_path, """
+        name: agree
+        models: [zoo:tiny-vit]
+        methods: [dense, magnitude]
+        targets: [0.9]
+        calibration: {dataset: digits, n_samples: 32, seed: 0}
+        evals: {digits: {agreement: true, limit: 200}}
+    """)
+    store = Store(tmp_path / "results" / "sb.duckdb")
+    results = run_suite(load_suite(path), store=store, device="cpu")
+    assert [r.status for r in results] == ["ok", "ok"], [r.error for r in results]
+    rows = {(m, name): v for m, name, v in store.query(
+        "SELECT r.method, m.metric, m.value FROM metrics m JOIN runs r USING (run_id)")}
+    assert rows["dense", "digits/agree_top1"] == 1.0 and rows["dense", "digits/kl_dense"] == pytest.approx(0, abs=1e-9)
+    assert rows["magnitude", "digits/agree_top1"] < 0.95 and rows["magnitude", "digits/kl_dense"] > 0.05
+    # agreeing with a dense model that is right ~95% of the time bounds accuracy
+    assert abs(rows["magnitude", "digits/top1"] - rows["magnitude", "digits/agree_top1"]) < 0.1
+    from harness.suite import expand
+
+    plain = load_suite(write(tmp_path, "name: p\nmodels: [zoo:tiny-vit]\nmethods: [dense]\nevals: {digits: {}}\n",
+                             "plain.yaml"))
+    assert "agreement" not in json.dumps(expand(plain)[0].to_dict())  # off: earlier run ids unchanged
