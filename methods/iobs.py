@@ -108,7 +108,7 @@ class IOBS(PruningMethod):
         projection: Literal["sparsegpt", "obc", "topk"] = "sparsegpt"  # the OBS solver of each round
         curvature: Literal["activations", "fisher"] = "activations"  # H = X Xᵀ/n per layer, or block empirical Fisher
         loss: Literal["kl_dense", "ce"] = "kl_dense"  # global_grad: the calibration loss differentiated
-        newton_damp: float = 0.01  # λ of the Newton solve, a fraction of mean(diag H)
+        newton_damp: float | None = None  # λ of the Newton solve, a fraction of mean(diag H); None = 0.01 (fisher: 10)
         blocksize: int = 128  # SparseGPT projection: columns per block
         dampening_frac: float = 0.01  # SparseGPT/OBC projection damping, fraction of mean(diag H)
         fisher_block_size: int = 128  # curvature fisher: consecutive weights per Fisher block (woodfisher block_size)
@@ -120,6 +120,8 @@ class IOBS(PruningMethod):
         def __post_init__(self) -> None:
             if self.step_size is None:
                 object.__setattr__(self, "step_size", DEFAULT_STEP[self.objective])
+            if self.newton_damp is None:  # the empirical Fisher is rank m < B per block: its Newton step needs more
+                object.__setattr__(self, "newton_damp", 10.0 if self.curvature == "fisher" else 0.01)
 
         def validate(self) -> None:
             if not 0 <= self.step_size <= 2:
@@ -128,8 +130,8 @@ class IOBS(PruningMethod):
                 raise ValueError(f"iterations must be between 1 and 50, got {self.iterations}")
             if self.val_samples < 1:
                 raise ValueError(f"val_samples must be at least 1, got {self.val_samples}")
-            if self.blocksize <= 0 or not 0 <= self.dampening_frac < 10 or not 0 < self.newton_damp < 10:
-                raise ValueError("blocksize must be positive, dampening_frac in [0, 10), newton_damp in (0, 10)")
+            if self.blocksize <= 0 or not 0 <= self.dampening_frac < 10 or not 0 < self.newton_damp <= 1000:
+                raise ValueError("blocksize must be positive, dampening_frac in [0, 10), newton_damp in (0, 1000]")
             if self.curvature == "fisher":
                 if self.objective != "global_grad":
                     raise ValueError("curvature: fisher takes a Newton step on a loss gradient: set objective: global_grad")
@@ -354,8 +356,9 @@ def fisher_round(ctx: Any, method: IOBS, target: Target, batches: list) -> list:
     At the current weights θ_t: m gradients of the calibration cross-entropy give the block
     Fisher F = λI + (1/m)Σggᵀ (woodfisher's, none masked, so pruned weights may come back);
     the Newton point w~ = θ_t − η F_N⁻¹G with G the gradient of ``loss`` over all calibration
-    windows and F_N the same Fisher damped by ``newton_damp`` × its mean diagonal; then woodfisher's projection: the lowest w~_q²/(2[F⁻¹]_qq) of each layer pruned
-    and the rest updated by the block OBS step. With η = 0 this is one-shot woodfisher.
+    windows and F_N the per-token Fisher (the window Fisher × tokens per gradient) damped by
+    ``newton_damp`` × its mean diagonal; then woodfisher's projection: the lowest
+    w~_q²/(2[F⁻¹]_qq) of each layer pruned and the rest updated by the block OBS step. With η = 0 this is one-shot woodfisher.
     """
     from harness.calibration import LayerReport
     from methods.woodfisher import check_fisher_budget, layer_pass, sample_gradients, select, woodfisher_stats
@@ -365,6 +368,7 @@ def fisher_round(ctx: Any, method: IOBS, target: Target, batches: list) -> list:
                                  ("fisher_grads", "fisher_grad_batch"))
     none = {n: torch.zeros(r * c, dtype=torch.bool, device=ctx.device) for n, (r, c) in shapes.items()}
     grads, _ = sample_gradients(ctx, none, p.fisher_grads, p.fisher_grad_batch)
+    per_grad = p.fisher_grad_batch * (ctx.data.inputs.shape[1] - 1)  # predicted tokens averaged into each gradient
     gbar = (global_gradients(ctx.model, batches, ctx.layers, method._dense, p.loss, ctx.device)
             if p.step_size else {})
     stats, points, times, steps = {}, {}, {}, {}
@@ -372,11 +376,16 @@ def fisher_round(ctx: Any, method: IOBS, target: Target, batches: list) -> list:
         t0 = time.perf_counter()
         w = ctx.weight(name).reshape(-1).float()
         points[name] = w
-        if name in gbar:  # the Newton solve is damped relative to the Fisher's scale (λ_N = newton_damp·mean diag):
-            # WoodFisher's tiny absolute λ would multiply the part of G outside the m gradients' span by 1/λ
-            lam = max(p.fisher_damp, p.newton_damp * float(grads[name].square().sum()) / grads[name].numel())
-            _, points[name] = layer_pass(w, grads[name], p.fisher_block_size, lam,
+        if name in gbar:
+            # Each gradient averages `per_grad` token losses, so (1/m)Σggᵀ is about the per-token Fisher
+            # over per_grad: scale it back for a Newton step (WoodFisher's ranking ignores the scale).
+            # Damp relative to that Fisher (λ_N = newton_damp·mean diag): with m < B the part of G
+            # outside the gradients' span is divided by λ_N alone.
+            g = grads[name] * per_grad**0.5
+            lam = p.newton_damp * float(g.square().sum()) / g.numel() or p.fisher_damp
+            _, points[name] = layer_pass(w, g, p.fisher_block_size, lam,
                                          newton=(gbar[name].reshape(-1).to(w.device), p.step_size))
+            del g
         diag, _ = layer_pass(points[name], grads[name], p.fisher_block_size, p.fisher_damp)
         stats[name] = woodfisher_stats(points[name], diag)
         norm = float(w.norm())
