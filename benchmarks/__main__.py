@@ -21,7 +21,8 @@ def _table(title: str, rows: list[dict], cols: list[str]):
 
 
 PARTS = ("methods", "obc", "iobs", "woodfisher", "stages", "e2e")
-LAYER_COLS = ["shape", "method", "target", "reference_s", "ours_s", "speedup", "same_mask", "max_rel_diff"]
+LAYER_COLS = ["shape", "method", "target", "reference_s", "ours_s", "speedup", "same_mask", "mask_mismatch",
+              "max_rel_diff"]
 
 
 def _parts(text: str) -> list[str]:

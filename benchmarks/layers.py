@@ -102,6 +102,7 @@ def _row(shape, method, target, t_ref, ref, t_new, new) -> dict[str, Any]:
         "shape": f"{shape[0]}x{shape[1]}", "method": method, "target": target,
         "reference_s": t_ref, "ours_s": t_new, "speedup": t_ref / t_new,
         "same_mask": bool(torch.equal(ref == 0, new == 0)),
+        "mask_mismatch": int(((ref == 0) != (new == 0)).sum()),  # entries kept by one and pruned by the other
         "max_rel_diff": float((ref - new).norm() / ref.norm()),
     }
 
