@@ -82,6 +82,14 @@ def _set_offline(args, suite, console) -> None:
         os.environ["HF_DATASETS_OFFLINE"] = "1"
 
 
+def _set_tf32(args) -> None:
+    """``--tf32``: every cell (workers, Slurm tasks) allows TF32; recorded in each run's environment."""
+    from harness.env import TF32_ENV
+
+    if args.tf32:
+        os.environ[TF32_ENV] = "1"
+
+
 def cmd_validate(args) -> int:
     from harness.suite import SuiteError, expand, load_suite
 
@@ -110,6 +118,7 @@ def cmd_run(args) -> int:
         console.print(grid_table(suite, cells))
         return EXIT_OK
     _set_offline(args, suite, console)
+    _set_tf32(args)
     from rich.markup import escape
 
     from harness.executors import ExecutorError
@@ -370,6 +379,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rerun cells stored as failed (by default they are shown, not rerun)")
     r.add_argument("--dry-run", action="store_true", help="print the expanded grid and exit")
     r.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
+    r.add_argument("--tf32", action="store_true",
+                   help="let CUDA matmuls and convolutions use TF32 (faster, 10-bit mantissa inputs; default: "
+                        "strict float32, recorded per run)")
     net = r.add_mutually_exclusive_group()
     net.add_argument("--offline", action="store_true", help="never contact the Hugging Face hub")
     net.add_argument("--online", action="store_true", help="skip the hub reachability check")

@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 PACKAGES = ("torch", "transformers", "lm_eval", "timm", "duckdb", "tokenizers", "numpy",
             "datasets", "sparsebench")
 # Environment variables that change what runs where.
-ENV_VARS = ("CUDA_VISIBLE_DEVICES", "HF_HUB_OFFLINE", "OMP_NUM_THREADS", "SLURM_JOB_ID")
+ENV_VARS = ("CUDA_VISIBLE_DEVICES", "HF_HUB_OFFLINE", "OMP_NUM_THREADS", "SLURM_JOB_ID", "SPARSEBENCH_TF32")
+TF32_ENV = "SPARSEBENCH_TF32"  # "1": let CUDA matmuls and convolutions use TF32 (``harness run --tf32``)
 GIT_TIMEOUT_S = 5.0
 
 _SOURCE_ROOT = Path(__file__).resolve().parent.parent  # the checkout holding harness/
@@ -54,6 +55,23 @@ def environment(device: str | None = None) -> dict[str, Any]:
         "git_dirty": dirty,
         "env_vars": {name: os.environ.get(name) for name in ENV_VARS},
     }
+
+
+def apply_precision() -> dict[str, Any]:
+    """Set torch's float32 matmul/convolution precision for this process and say what it is.
+
+    Statistics are accumulated in float32 whatever the setting. On Ampere and newer GPUs TF32
+    would round the Hessian products' inputs to 10 mantissa bits, so it is off unless
+    ``SPARSEBENCH_TF32=1`` (``harness run --tf32``) asks for the speed. torch's own defaults
+    differ (cuDNN convolutions use TF32 by default), hence setting both explicitly.
+    """
+    import torch
+
+    allow = os.environ.get(TF32_ENV, "0") not in ("0", "", "false", "False")
+    torch.backends.cuda.matmul.allow_tf32 = allow
+    torch.backends.cudnn.allow_tf32 = allow
+    return {"tf32_matmul": torch.backends.cuda.matmul.allow_tf32, "tf32_cudnn": torch.backends.cudnn.allow_tf32,
+            "accumulation": "float32"}
 
 
 def peak_rss_bytes() -> int:

@@ -213,9 +213,12 @@ def _prune_and_evaluate(spec: RunSpec, record: dict, *, device: str, caches: dic
     from harness.models import is_vision, load_model, load_vision_model
     from harness.target import Target
 
+    from harness.env import apply_precision
+
     cuda = device.startswith("cuda")
     if cuda:
         torch.cuda.reset_peak_memory_stats()
+    record["environment"] = {**record["environment"], "precision": apply_precision()}
     target = Target.parse(spec.target)
     cls = get_method(spec.method)
     method = cls(build_params(cls, spec.params))

@@ -63,6 +63,7 @@ def test_suite_runs_records_and_skips_on_rerun(tmp_path, store):
     assert run[1] == zoo.checkpoint_sha256(zoo.ensure_model("tiny-llama"))
     env = json.loads(run[2])
     assert env["packages"]["torch"] and "python" in env
+    assert env["precision"] == {"tf32_matmul": False, "tf32_cudnn": False, "accumulation": "float32"}
     assert abs(run[3] - 0.5) < 0.002
     layers = store.query("SELECT layer, sparsity, rel_error FROM layers WHERE run_id = ?", [run[4]])
     assert len(layers) == 28  # 4 blocks x 7 Linear layers
@@ -136,3 +137,15 @@ def test_out_of_tolerance_sparsity_fails_the_cell(tmp_path, store):
         assert store.query("SELECT count(*) FROM layers")[0][0] == 28  # the evidence is kept
     finally:
         METHODS.unregister("test_underprune")
+
+
+def test_tf32_is_off_unless_asked_for(monkeypatch):
+    import torch
+
+    from harness.env import TF32_ENV, apply_precision
+
+    monkeypatch.setenv(TF32_ENV, "1")
+    assert apply_precision()["tf32_matmul"] is True and torch.backends.cudnn.allow_tf32 is True
+    monkeypatch.delenv(TF32_ENV)
+    assert apply_precision() == {"tf32_matmul": False, "tf32_cudnn": False, "accumulation": "float32"}
+    assert torch.backends.cuda.matmul.allow_tf32 is False
