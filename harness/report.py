@@ -13,7 +13,7 @@ from harness.runner import CellResult, Reporter, cell_label
 from harness.spec import RunSpec
 
 
-_LOWER_IS_BETTER = ("/ppl", "perplexity", "bits_per_byte", "loss", "error", "dist", "steps_to_tol")
+_LOWER_IS_BETTER = ("/ppl", "perplexity", "bits_per_byte", "loss", "error", "dist", "steps_to_tol", "kl_")
 
 
 def lower_is_better(metric: str) -> bool:

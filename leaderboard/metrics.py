@@ -44,6 +44,8 @@ MEASURES: dict[str, Measure] = {
     "exact_match": Measure("exact match %", True, "percent", "exact_match"),
     "top1": Measure("top-1 %", True, "percent", "top1"),
     "top5": Measure("top-5 %", True, "percent", "top5"),
+    "agree_top1": Measure("agreement with dense %", True, "percent", "agreement"),
+    "kl_dense": Measure("KL from dense", False, "general", "kl"),
 }
 
 

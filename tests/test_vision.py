@@ -656,3 +656,18 @@ def test_agreement_eval_through_the_runner(tmp_path):
     plain = load_suite(write(tmp_path, "name: p\nmodels: [zoo:tiny-vit]\nmethods: [dense]\nevals: {digits: {}}\n",
                              "plain.yaml"))
     assert "agreement" not in json.dumps(expand(plain)[0].to_dict())  # off: earlier run ids unchanged
+
+
+def test_agreement_must_be_a_boolean(tmp_path):
+    from harness.suite import SuiteError, load_suite
+
+    path = write(tmp_path, """
+        name: bad-agree
+        models: [zoo:tiny-vit]
+        methods: [dense]
+        evals:
+          digits: {agreement: yes please}
+    """)
+    with pytest.raises(SuiteError) as err:
+        load_suite(path)
+    assert ":5: evals.digits.agreement: expected true or false" in str(err.value)
