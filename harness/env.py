@@ -22,8 +22,8 @@ log = logging.getLogger(__name__)
 PACKAGES = ("torch", "transformers", "lm_eval", "timm", "duckdb", "tokenizers", "numpy",
             "datasets", "sparsebench")
 # Environment variables that change what runs where.
-ENV_VARS = ("CUDA_VISIBLE_DEVICES", "HF_HUB_OFFLINE", "OMP_NUM_THREADS", "SLURM_JOB_ID", "SPARSEBENCH_TF32")
 TF32_ENV = "SPARSEBENCH_TF32"  # "1": let CUDA matmuls and convolutions use TF32 (``harness run --tf32``)
+ENV_VARS = ("CUDA_VISIBLE_DEVICES", "HF_HUB_OFFLINE", "OMP_NUM_THREADS", "SLURM_JOB_ID", TF32_ENV)
 GIT_TIMEOUT_S = 5.0
 
 _SOURCE_ROOT = Path(__file__).resolve().parent.parent  # the checkout holding harness/

@@ -208,12 +208,11 @@ def run_cell(
 def _prune_and_evaluate(spec: RunSpec, record: dict, *, device: str, caches: dict, reporter: Reporter) -> None:
     import torch
 
+    from harness.env import apply_precision
     from harness.evaluate import evaluate_all
     from harness.method import build_params, get_method
     from harness.models import is_vision, load_model, load_vision_model
     from harness.target import Target
-
-    from harness.env import apply_precision
 
     cuda = device.startswith("cuda")
     if cuda:

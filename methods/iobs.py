@@ -172,17 +172,17 @@ class IOBS(PruningMethod):
         from harness.spec import LayerSelection
 
         p = self.params
+        fisher = p.curvature == "fisher"
         chunk = max(ctx.batch_size, 1)
         batches = list(ctx.data.inputs.split(chunk))  # the windows and batches the layer path would use
         val = list(ctx.validation.inputs.split(chunk)) if ctx.validation is not None else []
-        if p.curvature == "fisher":
+        if fisher:
             reports, log = prune_fisher(ctx, self, target, batches, val)
         else:
             selection = LayerSelection(targets=tuple(f"^{re.escape(n)}$" for n in ctx.layers))
             progress = (lambda d, n: ctx.report("prune", d, n)) if ctx.progress else None
             reports, log = prune_iterative(ctx.model, batches, val, self, target, device=ctx.device,
                                            selection=selection, progress=progress)
-        fisher = p.curvature == "fisher"
         ctx.info.update({
             "objective": p.objective, "step_size": p.step_size, "iterations_run": len(log.round_time_s),
             "iterations_chosen": log.chosen, "select": p.select,
@@ -361,7 +361,8 @@ def fisher_round(ctx: Any, method: IOBS, target: Target, batches: list) -> list:
     the Newton point w~ = θ_t − η F_N⁻¹G with G the gradient of ``loss`` over all calibration
     windows and F_N the per-token Fisher (the window Fisher × tokens per gradient) damped by
     ``newton_damp`` × its mean diagonal; then woodfisher's projection: the lowest
-    w~_q²/(2[F⁻¹]_qq) of each layer pruned and the rest updated by the block OBS step. With η = 0 this is one-shot woodfisher.
+    w~_q²/(2[F⁻¹]_qq) of each layer pruned and the rest updated by the block OBS step.
+    With η = 0 this is one-shot woodfisher.
     """
     from harness.calibration import LayerReport
     from methods.woodfisher import check_fisher_budget, layer_pass, sample_gradients, select, woodfisher_stats
