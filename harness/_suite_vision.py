@@ -1,6 +1,7 @@
 """Suite checks for image classifiers, used by :mod:`harness.suite` (kept apart to keep it small).
 
-- ``evals.digits: {limit}`` and ``evals.imagenet: {root, limit}``;
+- ``evals.digits: {limit, agreement}``, ``evals.imagenet: {root, limit, agreement}`` and
+  ``evals.photos: {limit}`` (unlabelled: agreement with the dense model is all it measures);
 - the calibration keys that only images have (``augment_rounds``, ``bn_recalibration``, ``root``)
   and the one only text has (``seqlen``);
 - rules across keys: a suite holds language models or image classifiers, never both, and its
@@ -18,7 +19,7 @@ from typing import Any, Callable
 from harness._yaml import LineDict
 from harness.data import IMAGE_DATASETS, dataset_names
 from harness.ids import ModelIdError, model_kind, parse_model_id
-from harness.images import DIGITS_TEST, IMAGENET_ENV
+from harness.images import DIGITS_TEST, IMAGENET_ENV, PHOTOS_CROPS
 from harness.spec import ImageEvalSpec
 
 DIGITS_TRAIN = 1797 - DIGITS_TEST  # calibration images available in the digits training split
@@ -55,11 +56,15 @@ def _folder_warning(ck: Any, line: int, path: str, root: str | None, split: str)
 
 
 def image_eval(dataset: str, base_dir: str) -> Callable[[Any, Any, str, int], ImageEvalSpec | None]:
-    """The check of ``evals.<dataset>``: ``{limit, agreement}`` (plus ``root`` for imagenet); null means ``{}``."""
+    """The check of ``evals.<dataset>``: ``{limit, agreement}`` (plus ``root`` for imagenet); null means ``{}``.
+
+    ``photos`` has no labels, so agreement is always on there, and ``agreement: false`` is refused.
+    """
+    unlabelled = dataset == "photos"
 
     def check(ck: Any, value: Any, path: str, line: int) -> ImageEvalSpec | None:
         if value is None:
-            return ImageEvalSpec(dataset)
+            return ImageEvalSpec(dataset, agreement=unlabelled)
         schema: dict[str, Any] = {"limit": lambda ck, v, p, ln: None if v is None else ck.integer(v, p, ln, 1),
                                   "agreement": lambda ck, v, p, ln: ck.boolean(v, p, ln)}
         if dataset == "imagenet":
@@ -72,7 +77,11 @@ def image_eval(dataset: str, base_dir: str) -> Callable[[Any, Any, str, int], Im
             root = suite_path(ck, rec["root"], base_dir, value.key_lines.get("root", line), f"{path}.root")
         if dataset == "imagenet":
             _folder_warning(ck, value.key_lines.get("root", line), path, root, "val")
-        return ImageEvalSpec(dataset, rec.get("limit"), root, bool(rec.get("agreement")))
+        if unlabelled and rec.get("agreement") is False:
+            ck.err(value.key_lines["agreement"], f"{path}.agreement", "photos has no labels: agreement with the "
+                   "dense model is what it measures, so it cannot be off")
+            return None
+        return ImageEvalSpec(dataset, rec.get("limit"), root, unlabelled or bool(rec.get("agreement")))
 
     return check
 
@@ -94,9 +103,10 @@ def calibration_keys(ck: Any, value: LineDict, path: str, base_dir: str) -> dict
         return {}
     if "seqlen" in value:
         ck.err(value.key_lines["seqlen"], f"{path}.seqlen", f"'seqlen' is for text datasets; '{dataset}' is images")
-    if dataset == "digits" and isinstance(value.get("n_samples"), int) and value["n_samples"] > DIGITS_TRAIN:
+    available = {"digits": DIGITS_TRAIN, "photos": PHOTOS_CROPS}.get(dataset)
+    if available and isinstance(value.get("n_samples"), int) and value["n_samples"] > available:
         ck.err(value.key_lines["n_samples"], f"{path}.n_samples",
-               f"digits has {DIGITS_TRAIN} training images; n_samples must be at most that")
+               f"{dataset} has {available} training images; n_samples must be at most that")
     if "root" in value and dataset != "imagenet":
         ck.err(value.key_lines["root"], f"{path}.root", f"'root' is for imagenet; '{dataset}' ships with scikit-learn")
     root = None

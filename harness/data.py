@@ -20,10 +20,12 @@ DATASETS = {
     "c4": "allenai/c4 en: calibration from train shard 0, eval on 1100 validation documents (256 x seqlen tokens)",
     "digits": "images: scikit-learn's bundled 8x8 digits (offline); 1,297 training images for calibration, "
               "500 held out for evals.digits",
+    "photos": "images: crops of scikit-learn's two bundled photos (offline, unlabelled): 256 from their left "
+              "halves for calibration, 256 from their right halves for evals.photos (agreement with dense only)",
     "imagenet": "images: ImageNet-1k ImageFolders, calibration from train/, evals.imagenet from val/ "
                 "(the suite's root or $SPARSEBENCH_IMAGENET)",
 }
-IMAGE_DATASETS = ("digits", "imagenet")  # read by harness.images; the rest are text
+IMAGE_DATASETS = ("digits", "photos", "imagenet")  # read by harness.images; the rest are text
 LOCAL_DATASETS = ("pydoc", *IMAGE_DATASETS)  # never fetched from the Hugging Face hub
 
 

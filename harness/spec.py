@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 SPEC_VERSION = 1
+PACKAGE_PREFIX = "package:"  # a model's weights: package:MODULE/REL/PATH, a file inside an installed package
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,7 @@ class ModelSpec:
     revision: str | None = None  # hf: git revision / tag
     trust_remote_code: bool = False
     weights: str | None = None  # timm: a local checkpoint file instead of the hub's (in the run id when set)
+    weights_keys: str = "name"  # "position": map the file's tensors onto the model's in order (in the run id then)
     problem: tuple[tuple[str, Any], ...] = ()  # synthetic: the resolved problem settings, sorted (key, value)
 
     def __post_init__(self) -> None:
@@ -32,6 +34,8 @@ class ModelSpec:
         d = asdict(self)
         if d["weights"] is None:  # absent unless set, so the run ids of earlier suites stay as they were
             del d["weights"]
+        if d["weights_keys"] == "name":
+            del d["weights_keys"]
         d.pop("problem")
         if self.problem:
             d["problem"] = dict(self.problem)

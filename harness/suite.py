@@ -30,12 +30,12 @@ from typing import Any, Callable, Iterable
 
 from harness import _suite_synthetic, _suite_vision
 from harness._yaml import LineDict, LineList, YamlError, load_file
-from harness.data import dataset_names, text_dataset_names
+from harness.data import IMAGE_DATASETS, dataset_names, text_dataset_names
 from harness.ids import ModelIdError, parse_model_id
 from harness.method import ParamsError, build_params, get_method, params_dict
 from harness.registry import UnknownNameError, suggest, unknown_message
-from harness.spec import (CalibrationSpec, ImageEvalSpec, LayerSelection, LmEvalSpec, ModelSpec, PerplexitySpec,
-                          RunSpec, SparsityProfile, canonical_json)
+from harness.spec import (PACKAGE_PREFIX, CalibrationSpec, ImageEvalSpec, LayerSelection, LmEvalSpec, ModelSpec,
+                          PerplexitySpec, RunSpec, SparsityProfile, canonical_json)
 from harness.synthetic import target_of
 from harness.target import Target, TargetError
 
@@ -244,6 +244,7 @@ _MODEL: dict[str, Check] = {
     "revision": _str,
     "trust_remote_code": _bool,
     "weights": _str,
+    "weights_keys": lambda ck, v, p, ln: ck.choice(v, p, ln, ["name", "position"], "weights_keys"),
     "problem": lambda ck, v, p, ln: v,  # synthetic: only; judged by _suite_synthetic.model_problem
 }
 
@@ -265,10 +266,15 @@ def _model(ck: _Checker, item: Any, path: str, line: int, base_dir: str) -> Mode
             ck.err(item.key_lines["weights"], f"{path}.weights", "'weights' is for timm: models (a checkpoint "
                    "file instead of the hub's); other sources name their folder in the id")
             return None
-        raw["weights"] = _suite_vision.suite_path(ck, raw["weights"], base_dir, item.key_lines["weights"],
-                                                  f"{path}.weights")
+        if not str(raw["weights"]).startswith(PACKAGE_PREFIX):  # a package's file is found where the suite runs
+            raw["weights"] = _suite_vision.suite_path(ck, raw["weights"], base_dir, item.key_lines["weights"],
+                                                      f"{path}.weights")
         if raw["weights"] is None:
             return None
+    if "weights_keys" in raw and "weights" not in raw:
+        ck.err(item.key_lines["weights_keys"], f"{path}.weights_keys", "'weights_keys' says how to read the "
+               "model's 'weights:' file; give 'weights' too")
+        return None
     problem = _suite_synthetic.model_problem(ck, item, raw, model_id, path)
     if problem is None:
         return None
@@ -451,8 +457,7 @@ def _lm_eval(ck: _Checker, value: Any, path: str, line: int) -> LmEvalSpec | Non
 def _evals(base_dir: str) -> dict[str, Check]:
     """One check per evals key: adding one is a function and an entry here (paths resolve against ``base_dir``)."""
     return {"perplexity": _perplexity, "lm_eval": _lm_eval,
-            "digits": _suite_vision.image_eval("digits", base_dir),
-            "imagenet": _suite_vision.image_eval("imagenet", base_dir)}
+            **{name: _suite_vision.image_eval(name, base_dir) for name in IMAGE_DATASETS}}
 
 
 def _layers(ck: _Checker, value: Any, path: str, line: int) -> LayerSelection | None:
@@ -504,7 +509,7 @@ def _parse(ck: _Checker, path: str, text: str, data: Any, line: int) -> Suite | 
 
     calibration = top.get("calibration", CalibrationSpec())
     evals = top.get("evals", {})
-    image_evals = tuple(evals[k] for k in ("digits", "imagenet") if k in evals)
+    image_evals = tuple(evals[k] for k in IMAGE_DATASETS if k in evals)
     return Suite(
         path=path, name=top["name"], description=top.get("description", ""), text=text,
         models=tuple(top["models"]), methods=tuple(top["methods"]), targets=tuple(top.get("targets", ())),
