@@ -114,7 +114,12 @@ def calibration_keys(ck: Any, value: LineDict, path: str, base_dir: str) -> dict
         root = suite_path(ck, value["root"], base_dir, value.key_lines["root"], f"{path}.root")
     if dataset == "imagenet":
         _folder_warning(ck, value.key_lines.get("root", value.line), path, root, "train")
-    return {"seqlen": None, "augment_rounds": value.get("augment_rounds", 0), "root": root}
+    out = {"seqlen": None, "augment_rounds": value.get("augment_rounds", 0), "root": root}
+    if dataset == "photos" and "bn_recalibration" not in value:
+        # crops of two photos are no sample of a pretrained model's training data: statistics
+        # re-estimated on them wreck it (measured: README, Vision), so here the default is off
+        out["bn_recalibration"] = False
+    return out
 
 
 def model_kinds(data: LineDict) -> list[tuple[int, Any, str]]:

@@ -24,9 +24,11 @@ def lower_is_better(metric: str) -> bool:
 
 def recovery(value: float | None, dense: float | None, metric: str) -> float | None:
     """Percent of the dense model's quality kept: 100 = as good as dense (ppl: dense/value)."""
-    if value is None or dense is None or value == 0:
+    if value is None or dense is None:
         return None
-    return 100.0 * (dense / value if lower_is_better(metric) else value / dense)
+    if lower_is_better(metric):
+        return None if value == 0 else 100.0 * (dense / value)
+    return None if dense == 0 else 100.0 * (value / dense)  # an accuracy of 0 keeps 0 %
 
 
 def _progress(console: Console) -> Progress:

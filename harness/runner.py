@@ -378,6 +378,10 @@ def _record_sparsity(record: dict, model: Any, reports: list, method: Any, targe
         nm_all = nm_all and (m.nm_ok is not False)
         if method.modifies_weights and per_layer:
             why = check(m, layer_target, rep.cols)
+            if why and rep.info.get("dead_inputs"):
+                why += (f" ({rep.info['dead_inputs']} of its {rep.cols} inputs were zero on every calibration "
+                        f"sample and were pruned with it, as the method's reference does; more calibration "
+                        f"samples usually fix it)")
             if why:
                 problems.append(f"{rep.name}: {why}")
         record["layers"].append({

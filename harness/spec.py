@@ -62,6 +62,7 @@ class CalibrationSpec:
     seed: int = 0
     augment_rounds: int | None = None  # images: 0 = each image once, plain; R = R augmented copies (OBC: 10)
     bn_recalibration: bool | None = None  # images: re-estimate BatchNorm after pruning; None = if the model has BN
+    # (a suite calibrating on photos gets False unless it says otherwise: harness._suite_vision)
     root: str | None = None  # imagenet: the train/ ImageFolder; None = $SPARSEBENCH_IMAGENET/train
     sequential: bool | None = None  # images: each layer's statistics after the earlier layers are pruned
 

@@ -114,7 +114,7 @@ def obc_prune(weight: "torch.Tensor", hessian: "torch.Tensor", target: Target, *
         rows, losses = greedy_rows(w_all[r0 : r0 + rows_per_batch], hinv, counts[r0 : r0 + rows_per_batch], nm)
         out[r0 : r0 + rows_per_batch] = rows
         total_loss += float(losses[torch.isfinite(losses)].sum())
-    return out, {"damping": damping, "obs_loss": total_loss}
+    return out, {"damping": damping, "obs_loss": total_loss, "dead_inputs": int(dead.sum())}
 
 
 @register_method("obc")

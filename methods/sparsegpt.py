@@ -57,7 +57,7 @@ def sparsegpt_prune(
 ) -> tuple[torch.Tensor, dict]:
     """Prune one weight matrix (rows, cols) given H = X X^T / n (cols, cols).
 
-    Returns the pruned weight in fp32 and {"damping", "damping_retries", "obs_loss"}.
+    Returns the pruned weight in fp32 and {"damping", "damping_retries", "obs_loss", "dead_inputs"}.
     """
     W = weight.detach().float().clone()  # (rows, cols)
     H = hessian.detach().to(W.device, torch.float32).clone()  # (cols, cols)
@@ -110,7 +110,8 @@ def sparsegpt_prune(
         losses += (Err1**2).sum() / 2
         W[:, i2:] -= Err1.matmul(Hinv[i1:i2, i2:])  # lazy batched update of later columns
 
-    info = {"damping": damping, "damping_retries": retries, "obs_loss": float(losses.sum())}
+    info = {"damping": damping, "damping_retries": retries, "obs_loss": float(losses.sum()),
+            "dead_inputs": int(dead.sum())}  # zeroed whatever the target: they can push a layer past it
     return W, info
 
 

@@ -93,3 +93,5 @@ def test_metric_directions():
     assert not lower_is_better("arc_easy/acc") and not lower_is_better("digits/top1")
     assert recovery(60.0, 50.0, "pydoc/ppl@128") == pytest.approx(100 * 50 / 60)
     assert recovery(0.45, 0.5, "arc_easy/acc") == pytest.approx(90.0)
+    assert recovery(0.0, 0.5, "photos/agree_top1") == 0.0  # nothing kept is 0 %, not unknown
+    assert recovery(0.0, 3.0, "x/kl_dense") is None and recovery(0.1, 0.0, "x/top1") is None

@@ -176,3 +176,32 @@ def test_bad_targets_raise(bad):
 def test_target_parsing_round_trip():
     assert str(Target.parse("2:4")) == "2:4" and Target.parse("2:4").sparsity == 0.5
     assert Target.parse(0.5) == Target.parse("50%") == Target(0.5)
+
+
+def test_dead_inputs_overshoot_the_target_and_the_failed_cell_says_why():
+    """Inputs that never fire are zeroed whatever the target (as the references do); when they
+    fill more of a 128-column block than the target allows, the layer ends above it, and the
+    runner's sparsity check names them instead of a bare number."""
+    from harness.calibration import LayerReport
+    from harness.method import build_params, get_method
+    from harness.runner import _record_sparsity
+    from methods.sparsegpt import sparsegpt_prune
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(512, 64, generator=g)
+    x[:, :40] = 0  # 40 of 64 inputs dead: 62 % of the only block, above a 30 % target
+    w = torch.randn(16, 64, generator=g)
+    pruned, info = sparsegpt_prune(w, x.T @ x / 512, Target.parse("0.3"))
+    assert info["dead_inputs"] == 40 and (pruned[:, :40] == 0).all()
+    assert float((pruned == 0).float().mean()) > 0.6
+
+    layer = torch.nn.Linear(64, 16, bias=False)
+    layer.weight.data = pruned
+    model = torch.nn.Sequential(layer)
+    report = LayerReport("0", 0, 16, 64, None, 0.0, info)
+    record = {"layers": []}
+    with pytest.raises(ValueError) as err:
+        cls = get_method("sparsegpt")
+        _record_sparsity(record, model, [report], cls(build_params(cls, {})), Target.parse("0.3"))
+    msg = str(err.value)
+    assert "misses target 0.3" in msg and "40 of its 64 inputs were zero on every calibration sample" in msg

@@ -162,6 +162,11 @@ def test_suite_checks_photos_and_weights_keys(tmp_path):
     assert ident["model"]["weights_keys"] == "position"
     assert ident["image_evals"] == [{"dataset": "photos", "limit": None, "agreement": True}]
     assert "weights_keys" not in ModelSpec("timm:test_resnet", weights="w.pth").identity()  # old run ids stay
+    # crops of two photos would drag a pretrained model's BatchNorm statistics onto them: off unless asked for
+    assert cell.calibration.bn_recalibration is False
+    asked = write(tmp_path, good.read_text().replace("n_samples: 16}", "n_samples: 16, bn_recalibration: true}"),
+                  "asked.yaml")
+    assert expand(load_suite(asked))[0].calibration.bn_recalibration is True
 
 
 # --- a real pretrained model, end to end ---------------------------------------------------
@@ -189,7 +194,7 @@ def test_pretrained_efficientnet_from_its_wheel_runs_a_suite(tmp_path):
         models: [{{id: timm:tf_efficientnet_lite0, weights: "{WHEEL_WEIGHTS}", weights_keys: position}}]
         methods: [magnitude, sparsegpt]
         targets: [0.3]
-        calibration: {{dataset: photos, n_samples: 16, bn_recalibration: false}}
+        calibration: {{dataset: photos, n_samples: 64}}
         evals: {{photos: {{limit: 32}}}}
         batch_size: 16
     """)

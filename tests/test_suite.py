@@ -330,3 +330,14 @@ def test_messages_are_single_lines():
             load_suite(path)
         except SuiteError as err:
             assert all(re.match(r"^\S+?(:\d+)?: ", line) for line in str(err).splitlines()), str(err)
+
+
+SHIPPED = sorted((Path(__file__).parent.parent / "suites").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
+def test_every_shipped_suite_validates_and_expands(path, monkeypatch):
+    """What the README tells users to run must load: a renamed param or dataset breaks it here."""
+    monkeypatch.delenv("SPARSEBENCH_IMAGENET", raising=False)
+    cells = expand(load_suite(path))
+    assert cells and len({c.run_id for c in cells}) == len(cells)
