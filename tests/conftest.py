@@ -51,3 +51,16 @@ def make_correlated_layer(seed: int = 0):
 @pytest.fixture
 def correlated_layer():
     return make_correlated_layer(0)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module (restored after): on two shared cores, torch's two-thread
+    kernels wait on each other's time slices, and small forwards run up to 5x slower. Modules
+    that use it compare no speeds: ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

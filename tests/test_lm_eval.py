@@ -24,16 +24,7 @@ REPO = Path(__file__).parent.parent
 LIMIT = 8  # items per task in the model tests
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """On shared cores torch's two-thread kernels wait on each other's time slices: one thread
-    runs these tiny forwards up to 5x faster there. Nothing here compares speed."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

