@@ -44,6 +44,17 @@ def suite_path(ck: Any, value: str, base_dir: str, line: int, path: str) -> str 
     return resolve_path(value, base_dir)
 
 
+def package_warning(ck: Any, weights: str, line: int, path: str) -> None:
+    """``weights: package:MODULE/...`` whose package is not installed here: a warning, since it
+    may be installed where the suite runs (the cells then fail with one line)."""
+    from harness.models import package_dir
+
+    module = weights.split(":", 1)[1].split("/", 1)[0]
+    if package_dir(module) is None:
+        ck.warn(line, path, f"package '{module}' is not installed here; the cells fail unless it is installed "
+                            f"where the suite runs (pip install {module.replace('_', '-')})")
+
+
 def _folder_warning(ck: Any, line: int, path: str, root: str | None, split: str) -> None:
     if root is None and not os.environ.get(IMAGENET_ENV):
         ck.warn(line, path, f"no root given and {IMAGENET_ENV} is not set here; the cells fail unless it is "

