@@ -1,6 +1,6 @@
-"""Image datasets for vision models: calibration streams and labelled evaluation splits.
+"""Image datasets for vision models: calibration streams and evaluation splits (labelled or not).
 
-Two datasets, both read as PIL images and preprocessed by each model's own data config
+Three datasets, all read as PIL images and preprocessed by each model's own data config
 (``timm.data.resolve_data_config``), so one code path serves a 32-px digits ResNet and a
 224-px ImageNet ViT:
 
@@ -107,10 +107,10 @@ def photos(split: str) -> LabelledImages:
     from PIL import Image, ImageOps
     from sklearn.datasets import load_sample_images
 
-    photos_ = [Image.fromarray(a) for a in load_sample_images().images]
+    originals = [Image.fromarray(a) for a in load_sample_images().images]
     crops = []
-    for index, box, mirrored in photo_boxes(split, [p.size for p in photos_]):
-        crop = photos_[index].crop(box)
+    for index, box, mirrored in photo_boxes(split, [p.size for p in originals]):
+        crop = originals[index].crop(box)
         crops.append(ImageOps.mirror(crop) if mirrored else crop)
     side = "left" if split == "train" else "right"
     return LabelledImages(crops, [], f"sklearn.datasets.load_sample_images ({side} halves, {len(crops)} crops)")
