@@ -187,12 +187,34 @@ def _target_cell(run: Run) -> Cell:
     return Cell(run.target, run.target, key, kind)
 
 
-def _method_cell(run: Run) -> Cell:
-    """The method's name; a fine-tuning method carries a label so it is not read as one-shot, and
-    a sparsity profile (OWL) shows as ``wanda +owl``."""
+def variant_labels(runs: Sequence[Run]) -> dict[str, str]:
+    """``run id -> "k=v, ..."`` for runs of a method that appears with more than one set of
+    params in ``runs``: the params on which its variants differ, so that two rows of ``iobs``
+    read as ``iobs (curvature=fisher)`` and ``iobs (curvature=activations)``. Runs of a method
+    used with one set of params get no entry."""
+    def shown(value: object) -> str:
+        return "default" if value is None else str(value)
+
+    by_method: dict[str, list[Run]] = {}
+    for run in runs:
+        by_method.setdefault(run.method, []).append(run)
+    out: dict[str, str] = {}
+    for group in by_method.values():
+        keys = sorted({k for r in group for k in r.params})
+        differ = [k for k in keys if len({repr(r.params.get(k)) for r in group}) > 1]
+        for run in group if differ else ():
+            out[run.run_id] = ", ".join(f"{k}={shown(run.params.get(k))}" for k in differ)
+    return out
+
+
+def _method_cell(run: Run, variant: str = "") -> Cell:
+    """The method's name, with ``variant`` (:func:`variant_labels`) in parentheses when the table
+    holds other variants of it; a fine-tuning method carries a label so it is not read as
+    one-shot, and a sparsity profile (OWL) shows as ``wanda +owl``."""
     title = ", ".join(f"{k}={v}" for k, v in sorted(run.params.items()))
     profile = run.spec.get("profile") or {}
     label = f"{run.method} +{profile['name']}" if profile else run.method
+    label += f" ({variant})" if variant else ""
     if profile:
         title += f"; sparsity profile {profile['name']} " + ", ".join(
             f"{k}={v}" for k, v in sorted(profile.items()) if k != "name")
@@ -252,6 +274,7 @@ def build_table(runs: Sequence[Run], *, suite: str, family: str, table_id: str,
     refs = dense_reference(all_runs if all_runs is not None else runs)
     infos, zero_shot = table_metrics(runs)
     best = best_runs(runs, infos, zero_shot)
+    variants = variant_labels(runs)
     show_seed = len({r.seed for r in runs}) > 1
     cols = [Column("model", "model"), Column("method", "method"),
             Column("target", "target", "num", "", "target sparsity or N:M pattern")]
@@ -283,7 +306,7 @@ def build_table(runs: Sequence[Run], *, suite: str, family: str, table_id: str,
     for run in runs:
         ref = refs.get((run.suite, run.model, run.seed))
         cells = [Cell(run.model, run.model, run.model.lower(), run.model, model_href(run.model)),
-                 _method_cell(run), _target_cell(run)]
+                 _method_cell(run, variants.get(run.run_id, "")), _target_cell(run)]
         if show_seed:
             cells.append(Cell(run.seed, str(run.seed), run.seed))
         cells.append(_status_cell(run))

@@ -11,6 +11,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from leaderboard.build import variant_labels
 from leaderboard.data import Run, target_order
 from leaderboard.metrics import better, metric_info
 
@@ -46,9 +47,10 @@ class Delta:
     model: str
     target: str
     metric: str
-    baseline: str
+    baseline: str  # with its variant's params in parentheses when it has several
     method: Side
     base: Side
+    variant: str = ""  # the method's params that differ between its variants, when it has several
 
     @property
     def delta(self) -> float:
@@ -157,32 +159,37 @@ def compare(runs: Sequence[Run], method: str, baselines: Sequence[str] = (),
     if not baselines:
         raise CompareError(f"no baseline to compare '{method}' with: the results hold only "
                            f"{', '.join(present)}. Name one with --baseline.")
-    cells: dict[tuple[str, str, str, str], list[Run]] = {}
+    # a cell's runs are averaged over seeds, never over variants (the same method, other params)
+    variants: dict[str, str] = {}
+    for name in {r.suite for r in runs}:  # per suite, as the leaderboard's tables tell them apart
+        variants.update(variant_labels([r for r in runs if r.suite == name and r.method in (method, *baselines)]))
+    cells: dict[tuple[str, str, str, str], dict[str, list[Run]]] = {}
     failed = 0
     for r in runs:
         if r.method in (method, *baselines):
             if not r.ok:
                 failed += 1
                 continue
-            cells.setdefault((r.suite, r.model, r.target, r.method), []).append(r)
+            cells.setdefault((r.suite, r.model, r.target, r.method), {}).setdefault(
+                variants.get(r.run_id, ""), []).append(r)
     deltas = []
-    for (s, model, target, m), mine in cells.items():
+    for (s, model, target, m), by_variant in cells.items():
         if m != method:
             continue
-        metrics = sorted({k for r in mine for k, mv in r.metrics.items() if mv.shown})
-        for b in baselines:
-            theirs = cells.get((s, model, target, b))
-            if not theirs:
-                continue
-            for metric in metrics:
-                a, c = _side(mine, metric), _side(theirs, metric)
-                if a is not None and c is not None:
-                    deltas.append(Delta(s, model, target, metric, b, a, c))
+        for variant, mine in sorted(by_variant.items()):
+            metrics = sorted({k for r in mine for k, mv in r.metrics.items() if mv.shown})
+            for b in baselines:
+                for b_variant, theirs in sorted(cells.get((s, model, target, b), {}).items()):
+                    label = f"{b} ({b_variant})" if b_variant else b
+                    for metric in metrics:
+                        a, c = _side(mine, metric), _side(theirs, metric)
+                        if a is not None and c is not None:
+                            deltas.append(Delta(s, model, target, metric, label, a, c, variant))
     if not deltas:
         raise CompareError(f"'{method}' and {', '.join(baselines)} share no cell (suite, model, "
                            "target, metric) with ok runs of both: nothing to compare.")
-    deltas.sort(key=lambda d: (d.suite, d.model, target_order(d.target), d.metric,
-                               baselines.index(d.baseline)))
+    deltas.sort(key=lambda d: (d.suite, d.model, target_order(d.target), d.variant, d.metric,
+                               baselines.index(d.baseline.split(" (")[0]), d.baseline))
     return Comparison(method, baselines, tuple(deltas), failed)
 
 
@@ -198,8 +205,9 @@ def compare_table(result: Comparison):
                       + (f"; failed runs not compared: {result.failed_runs}"
                          if result.failed_runs else ""))
     numeric = (result.method, "baseline value", "Δ", "Δ %")
-    cols = (["suite"] if suites else []) + ["model", "target", "metric", "baseline", *numeric,
-                                            "", "verdict"]
+    variants = any(d.variant for d in result.deltas)
+    cols = (["suite"] if suites else []) + ["model", "target"] + ([f"{result.method} variant"] if variants else []) + [
+        "metric", "baseline", *numeric, "", "verdict"]
     for c in cols:
         t.add_column(Text(c), justify="right" if c in numeric else "left",
                      no_wrap=c != "model")
@@ -220,8 +228,8 @@ def compare_table(result: Comparison):
         else:
             shown = f"{d.delta:+.4g}"
         verdict = d.verdict if d.worse or d.verdict != "worse" else "worse (n.s.)"
-        row = ([Text(d.suite)] if suites else []) + [
-            Text(d.model), Text(d.target), Text(f"{info.label} {info.arrow}"), Text(d.baseline),
+        row = ([Text(d.suite)] if suites else []) + [Text(d.model), Text(d.target)] + (
+            [Text(d.variant)] if variants else []) + [Text(f"{info.label} {info.arrow}"), Text(d.baseline),
             side(info, d.method), side(info, d.base), Text(shown),
             Text("–" if rel is None else f"{100 * rel:+.1f}%"),
             Text("*" if d.significant else ""), Text(verdict, style=styles[d.verdict]),

@@ -24,6 +24,7 @@ from leaderboard.build import (
     run_href,
     slug,
     table_metrics,
+    variant_labels,
 )
 from leaderboard.data import LayerRow, Run
 from leaderboard.metrics import AVG_ZERO_SHOT, MetricInfo, format_value, metric_info
@@ -132,11 +133,12 @@ class RunPage:
 
 def pareto_plots(runs: Sequence[Run], model: str, suite: str) -> list[ParetoPlot]:
     """Metric vs sparsity for one model in one suite: one plot per metric, failed runs and
-    non-finite (diverged) values left out, seeds averaged."""
+    non-finite (diverged) values left out, seeds averaged, variants of a method (other params) kept apart."""
     mine = [r for r in runs if r.model == model and r.suite == suite and r.ok]
     infos, zero_shot = table_metrics(mine)
     names = [i.name for i in infos] + ([AVG_ZERO_SHOT] if zero_shot else [])
     dense_runs = [r for r in mine if r.is_dense]
+    variants = variant_labels(mine)  # variants of one method are separate lines, never averaged together
     plots = []
     for name in names:
         info = metric_info(name) if name != AVG_ZERO_SHOT else MetricInfo(
@@ -147,7 +149,8 @@ def pareto_plots(runs: Sequence[Run], model: str, suite: str) -> list[ParetoPlot
             if r.is_dense or y is None or not math.isfinite(y) or t is None:
                 continue
             x = r.sparsity_global if r.sparsity_global is not None else t.sparsity
-            cells.setdefault((r.method, r.target), []).append((x, y))
+            label = f"{r.method} ({variants[r.run_id]})" if r.run_id in variants else r.method
+            cells.setdefault((label, r.target), []).append((x, y))
         points = tuple(
             Point(method, target, _mean(p[0] for p in xy), _mean(p[1] for p in xy),
                   target.count(":") == 1)

@@ -441,3 +441,39 @@ def test_help_stays_light():
             "assert not heavy, heavy\n")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
+
+
+def test_method_variants_are_told_apart_by_the_params_that_differ(tmp_path):
+    """The same method twice in a suite (iobs with two curvatures) gets two labels, not one name twice."""
+    from harness.spec import CalibrationSpec, ModelSpec, PerplexitySpec, RunSpec
+    from harness.store import Store
+    from leaderboard.build import build_tables
+    from leaderboard.data import load_runs
+
+    store = Store(tmp_path / "v.duckdb", wait_s=10)
+    for params in ({"curvature": "fisher", "step_size": 0.01}, {"step_size": 0.5}, {"step_size": 0.5, "rounds": 3}):
+        record = make_record("zoo:tiny-llama", "sparsegpt", "0.5", 25.0, None, None, suite="variants")
+        spec = RunSpec(suite="variants", model=ModelSpec("zoo:tiny-llama"), method="iobs", params=params,
+                       target="0.5", calibration=CalibrationSpec(seqlen=128),
+                       perplexity=(PerplexitySpec("pydoc", 128),))
+        record.update(run_id=spec.run_id, spec=spec.to_dict(), spec_json=spec.canonical_json(), method="iobs")
+        store.save(record)
+    store.save(make_record("zoo:tiny-llama", "magnitude", "0.5", 30.0, None, None, suite="variants"))
+    (table,) = build_tables(load_runs(store))
+    labels = sorted(cell(table, r, "method").display for r in table.rows)
+    assert labels == ["iobs (curvature=default, rounds=3, step_size=0.5)",
+                      "iobs (curvature=default, rounds=default, step_size=0.5)",
+                      "iobs (curvature=fisher, rounds=default, step_size=0.01)", "magnitude"]
+    # and on the model page each variant is its own line, never averaged with the others
+    from leaderboard.pages import pareto_plots
+
+    (plot,) = pareto_plots(load_runs(store), "zoo:tiny-llama", "variants")
+    assert sorted(p.method for p in plot.points) == labels
+    # harness compare: one row per variant, each against the baseline, never their average
+    from leaderboard.compare import compare, compare_table
+
+    result = compare(load_runs(store), "iobs", ["magnitude"])
+    assert sorted(d.variant for d in result.deltas) == [label[len("iobs ("):-1] for label in labels[:3]]
+    assert {d.baseline for d in result.deltas} == {"magnitude"}
+    assert {d.method.value for d in result.deltas} == {25.0} and all(d.method.runs == 1 for d in result.deltas)
+    assert "iobs variant" in [c.header.plain for c in compare_table(result).columns]
