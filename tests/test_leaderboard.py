@@ -474,6 +474,6 @@ def test_method_variants_are_told_apart_by_the_params_that_differ(tmp_path):
 
     result = compare(load_runs(store), "iobs", ["magnitude"])
     assert sorted(d.variant for d in result.deltas) == [label[len("iobs ("):-1] for label in labels[:3]]
-    assert {d.baseline for d in result.deltas} == {"magnitude"}
+    assert {d.baseline_label for d in result.deltas} == {"magnitude"}
     assert {d.method.value for d in result.deltas} == {25.0} and all(d.method.runs == 1 for d in result.deltas)
     assert "iobs variant" in [c.header.plain for c in compare_table(result).columns]
