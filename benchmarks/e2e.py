@@ -43,11 +43,11 @@ def _child(name: str, method: str, n: int, seqlen: int, device: str, dtype: str)
     import torch
     import transformers  # noqa: F401  (count the libraries' own memory in the baseline)
 
-    from harness.calibration import prune_sequential
-    from harness.data import perplexity
-    from harness.env import peak_rss_bytes
-    from harness.method import get_method
-    from harness.target import Target
+    from harness.drivers.lm import prune_sequential
+    from harness.data.text import perplexity
+    from harness.run.env import peak_rss_bytes
+    from harness.plugins import get_method
+    from harness.core.target import Target
 
     rss_before = peak_rss_bytes()
     t0 = time.perf_counter()

@@ -9,7 +9,7 @@ import torch
 
 from benchmarks import reference
 from benchmarks._timing import best_of
-from harness.target import Target
+from harness.core.target import Target
 
 SHAPES_QUICK = [(768, 768), (3072, 768), (768, 3072)]
 SHAPES_FULL = SHAPES_QUICK + [(4096, 4096), (11008, 4096)]

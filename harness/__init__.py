@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from harness.method import LayerStats, PruneResult, PruningMethod, get_method, list_methods, register_method
-from harness.target import Target
+from harness.core.method import LayerStats, PruneResult, PruningMethod, register_method
+from harness.plugins import get_method, list_methods
+from harness.core.target import Target
 
 if TYPE_CHECKING:
     import torch
@@ -51,11 +52,11 @@ def prune_weight(
     Returns:
         The pruned weight: same shape, dtype and device as ``weight``.
     """
-    from harness.method import build_params
+    from harness.core.method import build_params
 
     cls = get_method(method)
-    if cls.level == "model":
-        raise ValueError(f"method '{method}' prunes a whole model with its loss (level 'model'), not one "
+    if cls.kind != "layer":
+        raise ValueError(f"method '{method}' prunes a whole model or solves a problem ({cls.kind} method), not one "
                          "weight matrix: run it on a model through a suite (harness run)")
     tgt = Target.parse(target)
     stats = None
@@ -70,14 +71,14 @@ def prune_weight(
 
 
 def load_suite(path: Any):
-    """Load and validate a suite YAML (see ``harness.suite.load_suite``)."""
-    from harness.suite import load_suite as _load
+    """Load and validate a suite YAML (see ``harness.suite.loader.load_suite``)."""
+    from harness.suite.loader import load_suite as _load
 
     return _load(path)
 
 
 def run_suite(*args: Any, **kwargs: Any):
-    """Run every cell of a suite (see ``harness.runner.run_suite``)."""
-    from harness.runner import run_suite as _run
+    """Run every cell of a suite (see ``harness.run.runner.run_suite``)."""
+    from harness.run.runner import run_suite as _run
 
     return _run(*args, **kwargs)

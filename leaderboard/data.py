@@ -12,10 +12,10 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness.target import Target, TargetError
+from harness.core.target import Target, TargetError
 
 if TYPE_CHECKING:  # duckdb loads only when a store is used: `harness --help` stays fast
-    from harness.store import Store
+    from harness.store.index import Store
 
 # Tables written to the site's data/ folder, and the columns left out of each: ingested_at is
 # when this machine indexed a record, which says nothing about the result and breaks

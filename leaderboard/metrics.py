@@ -3,7 +3,7 @@
 A metric name is ``<task or dataset>/<measure>``, optionally with ``@<eval seqlen>``:
 ``wikitext2/ppl@2048``, ``arc_easy/acc``, ``imagenet/top1``. Known measures are declared in
 :data:`MEASURES`; a name with an unknown measure still gets a sensible default: its direction
-from :func:`harness.report.lower_is_better` (the same function that :func:`harness.report.recovery`
+from :func:`harness.cli.report.lower_is_better` (the same function that :func:`harness.cli.report.recovery`
 uses, so a column's arrow and its recovery % never disagree) and a 4-significant-digit format.
 """
 from __future__ import annotations
@@ -79,7 +79,7 @@ def metric_info(name: str) -> MetricInfo:
     measure, _, seqlen = rest.partition("@")
     m = MEASURES.get(measure) if rest else None
     if m is None:
-        from harness.report import lower_is_better  # rich and the runner: only when needed
+        from harness.cli.report import lower_is_better  # rich and the runner: only when needed
 
         higher = not lower_is_better(name)
         return MetricInfo(name, name, higher, "general", "other", declared=False)

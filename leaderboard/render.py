@@ -24,7 +24,7 @@ from pathlib import Path
 
 import jinja2
 
-from harness.store import Store
+from harness.store.index import Store
 from leaderboard.build import Table, build_tables, model_href, run_href
 from leaderboard.data import Run, load_runs, write_data_dir
 from leaderboard.pages import ModelPage, RunPage, model_pages, run_page

@@ -1,7 +1,7 @@
 """Sparse recovery math shared by ``iht``, ``topk_iobs`` and ``iobs_obc`` (``synthetic:`` models).
 
 The problem is sparse linear regression, min f(θ) = (1/n)‖Xθ − y‖² subject to ‖θ‖₀ ≤ k, with
-∇f = (2/n)Xᵀ(Xθ − y) and Hessian (2/n)XᵀX (``../shared/algorithms.md`` §7.2-7.4). Every
+∇f = (2/n)Xᵀ(Xθ − y) and Hessian (2/n)XᵀX (Wu et al., NeurIPS 2024, §7.2-7.4). Every
 function here is batched over independent trials: X is (T, n, d), θ and y are (T, d) and (T, n).
 
 Two step conventions (§7.4 item 1):
@@ -17,23 +17,12 @@ projection of θ_t onto the solutions of Xθ = y (the minimum-norm correction).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Literal
 
-from harness._lazy import torch
-from harness.method import LayerStats, PruneResult, PruningMethod
-from harness.obs import obs_remove
-from harness.target import Target
+from harness.core.lazy import torch
+from harness.core.obs import obs_remove
 
 Step = Literal["as_coded", "newton"]
-
-
-def mse_loss_grad(x: "torch.Tensor", y: "torch.Tensor", theta: "torch.Tensor"
-                  ) -> tuple["torch.Tensor", "torch.Tensor"]:
-    """Loss (1/n)‖Xθ − y‖² (T,) and its gradient (2/n)Xᵀ(Xθ − y) (T, d)."""
-    n = x.shape[1]
-    resid = torch.einsum("tnd,td->tn", x, theta) - y  # (T, n)
-    return (resid**2).mean(1), (2.0 / n) * torch.einsum("tnd,tn->td", x, resid)
 
 
 def curvature(x: "torch.Tensor", step: Step) -> "torch.Tensor":
@@ -95,37 +84,6 @@ def obs_refit(theta: "torch.Tensor", hinv: "torch.Tensor", keep: "torch.Tensor")
     (T, d, d): θ − H⁻¹E_Pᵀ([H⁻¹]_PP)⁻¹θ_P, the H-norm projection onto the kept support."""
     return torch.stack([obs_remove(theta[t], hinv[t], (~keep[t]).nonzero().flatten().tolist())[0]
                         for t in range(theta.shape[0])])
-
-
-@dataclass
-class Problem:
-    """One batch of sparse-recovery trials, as the methods see it (no θ*: that is the harness's)."""
-
-    x: Any  # (T, n, d) float64 design matrices
-    y: Any  # (T, n) observations
-
-
-class RecoveryMethod(PruningMethod):
-    """Base of the sparse-recovery methods: iterate θ ← update(θ, ∇f(θ)) on a ``Problem``.
-
-    Subclasses implement :meth:`setup` (per-problem precomputation, e.g. C⁻¹) and :meth:`update`.
-    They apply only to ``synthetic:`` models; the suite validator enforces it via ``model_kinds``.
-    """
-
-    model_kinds: ClassVar[tuple[str, ...]] = ("synthetic",)
-    level: ClassVar[str] = "problem"  # not a layer-wise method: a sparsity profile (OWL) does not apply
-    stats = "none"
-    needs_calibration = False
-
-    def setup(self, problem: Problem, k: int) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def update(self, theta: "torch.Tensor", grad: "torch.Tensor", state: dict[str, Any], k: int) -> "torch.Tensor":
-        raise NotImplementedError
-
-    def prune(self, name: str, weight: Any, stats: LayerStats | None, target: Target) -> PruneResult:
-        raise TypeError(f"{self.name} solves synthetic: sparse-recovery problems; it does not prune layers "
-                        "(use magnitude, wanda, sparsegpt or obc)")
 
 
 def check_step_params(step: str, eta: float, ridge: float) -> None:

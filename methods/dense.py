@@ -3,12 +3,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from harness.method import LayerStats, PruneResult, PruningMethod, register_method
-from harness.target import Target
+from harness.core.method import LayerMethod, LayerStats, PruneResult, register_method
+from harness.core.target import Target
 
 
 @register_method("dense")
-class Dense(PruningMethod):
+class Dense(LayerMethod):
     """No-op baseline: the driver still runs (same code path, same evaluation), weights untouched.
 
     Example:

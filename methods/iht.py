@@ -14,9 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from harness._lazy import torch
-from harness.method import register_method
-from methods._recovery import Problem, RecoveryMethod, Step, check_step_params, curvature, hard_threshold, lambda_max
+from harness.core.lazy import torch
+from harness.core.method import register_method
+from harness.core.recovery import RecoveryMethod, RecoveryProblem
+from methods._recovery import Step, check_step_params, curvature, hard_threshold, lambda_max
 
 
 @register_method("iht")
@@ -31,7 +32,7 @@ class IHT(RecoveryMethod):
         def validate(self) -> None:
             check_step_params(self.step, self.eta, 0.0)
 
-    def setup(self, problem: Problem, k: int) -> dict[str, Any]:
+    def setup(self, problem: RecoveryProblem, k: int) -> dict[str, Any]:
         return {"lr": self.params.eta / lambda_max(curvature(problem.x, self.params.step))}  # (T,)
 
     def update(self, theta: "torch.Tensor", grad: "torch.Tensor", state: dict[str, Any], k: int) -> "torch.Tensor":

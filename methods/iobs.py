@@ -6,7 +6,7 @@ https://arxiv.org/abs/2408.17163. Every iteration takes a Newton point W~ of a l
 current sparse weights W_t, then projects it back onto the sparsity target with an OBS solver
 (SparseGPT by default), in the shared layer-sequential order; T iterations, the best chosen on
 held-out calibration windows. The paper's LLM algorithm is not public, so the objective is an
-explicit choice (``../shared/algorithms.md`` §7.4, measured in ``iobs-experiment.md``):
+explicit choice (README, "I-OBS and OWL"):
 
 * ``dense_output`` (default): the layer-local loss ||W_d X_d - W X_s||² + λ||W - W_d||², with
   X_s the layer's inputs in the current sparse model and X_d in the dense model on the same
@@ -29,11 +29,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
-from harness._lazy import torch
-from harness.method import LayerStats, PruneResult, PruningMethod, register_method
-from harness.target import Target
+from harness.core.context import ModelContext, swap_weights
+from harness.core.lazy import torch
+from harness.core.method import LayerMethod, LayerReport, LayerStats, ModelMethod, PruneResult, register_method
+from harness.core.target import Target
 
-# measured best: iobs-experiment.md; fisher on the zoo Llama at 50% (README, I-OBS): η 0.01 lowered the
+# measured best on the zoo models (README, I-OBS); fisher on the zoo Llama at 50% (README, I-OBS): η 0.01 lowered the
 # validation loss after woodfisher, η 0.05 raised it
 DEFAULT_STEP = {"dense_output": 0.5, "global_grad": 0.1, "fisher": 0.01}
 
@@ -89,7 +90,7 @@ def project(w: "torch.Tensor", hessian: "torch.Tensor", target: Target, how: str
 
 
 @register_method("iobs")
-class IOBS(PruningMethod):
+class IOBS(ModelMethod):
     """I-OBS(T): T rounds of (Newton point, OBS projection), the best round kept on validation.
 
     Example:
@@ -146,43 +147,22 @@ class IOBS(PruningMethod):
                 if not self.fisher_damp > 0 or not self.max_gib > 0:
                     raise ValueError("fisher_damp and max_gib must be positive")
 
-    level = "model"  # runs the layer-sequential driver T times, with a validation score in between
-    wants_validation = True  # the runner draws val_samples held-out windows (ctx.validation)
     model_kinds = ("lm",)  # the dense stream of activations is carried through decoder blocks
 
-    def __init__(self, params: Any = None) -> None:
-        super().__init__(params)
-        p = self.params
-        self.stats = "cross" if p.objective == "dense_output" else "hessian"
-        self.sequential_groups = p.sequential == "true"
-        self._dense: dict[str, torch.Tensor] = {}  # name -> dense weight (CPU), kept for every round
-        self._grads: dict[str, torch.Tensor] = {}  # global_grad: name -> G at the current round's θ_t
+    def validation_samples(self) -> int:
+        return self.params.val_samples  # held-out windows scored after every round (ctx.validation)
 
-    def prepare(self, weights: dict[str, "torch.Tensor"], target: Target) -> None:
-        if not self._dense:  # a lone driver pass (one round): the weights it starts from are dense
-            self._dense = {n: w.detach().to("cpu", copy=True) for n, w in weights.items()}
-
-    def dense_weights(self) -> dict[str, "torch.Tensor"]:
-        return self._dense
-
-    def prune_model(self, ctx: Any, target: Target) -> list:
-        """Model-level entry point (``harness.global_driver``): the rounds, their notes and curve."""
-        import re
-
-        from harness.spec import LayerSelection
-
+    def prune_model(self, ctx: ModelContext, target: Target) -> list[LayerReport]:
+        """The rounds (each a layer-wise pass through ``ctx.run_method``), their notes and curve."""
         p = self.params
         fisher = p.curvature == "fisher"
         chunk = max(ctx.batch_size, 1)
         batches = list(ctx.data.inputs.split(chunk))  # the windows and batches the layer path would use
         val = list(ctx.validation.inputs.split(chunk)) if ctx.validation is not None else []
         if fisher:
-            reports, log = prune_fisher(ctx, self, target, batches, val)
+            reports, log = prune_fisher(ctx, p, target, batches, val)
         else:
-            selection = LayerSelection(targets=tuple(f"^{re.escape(n)}$" for n in ctx.layers))
-            progress = (lambda d, n: ctx.report("prune", d, n)) if ctx.progress else None
-            reports, log = prune_iterative(ctx.model, batches, val, self, target, device=ctx.device,
-                                           selection=selection, progress=progress)
+            reports, log = prune_iterative(ctx, p, target, batches, val)
         ctx.info.update({
             "objective": p.objective, "step_size": p.step_size, "iterations_run": len(log.round_time_s),
             "iterations_chosen": log.chosen, "select": p.select,
@@ -199,6 +179,30 @@ class IOBS(PruningMethod):
         ctx.model.to(ctx.device)
         return reports
 
+
+class IOBSRound(LayerMethod):
+    """One I-OBS round as a layer method: each layer's Newton point, then its OBS projection.
+
+    Not registered: :class:`IOBS` runs it through ``ctx.run_method`` once per round.
+
+    Args:
+        params: the ``IOBS.Params``.
+        dense: the dense weight of every prunable layer (name -> CPU tensor).
+        grads: ``global_grad``: the calibration loss's gradient per layer at this round's θ_t.
+    """
+
+    name = "iobs"
+
+    def __init__(self, params: Any, dense: dict[str, "torch.Tensor"],
+                 grads: dict[str, "torch.Tensor"] | None = None) -> None:
+        super().__init__(params)
+        self.stats = "cross" if params.objective == "dense_output" else "hessian"
+        self.sequential_groups = params.sequential == "true"
+        self.dense, self.grads = dense, grads or {}
+
+    def dense_weights(self) -> dict[str, "torch.Tensor"]:
+        return self.dense
+
     def prune(self, name: str, weight: "torch.Tensor", stats: LayerStats | None, target: Target) -> PruneResult:
         p = self.params
         if stats is None or stats.hessian is None:
@@ -206,12 +210,12 @@ class IOBS(PruningMethod):
         if target.is_nm and p.projection == "sparsegpt" and p.blocksize % target.m:
             raise ValueError(f"blocksize {p.blocksize} must be a multiple of M={target.m}")
         if p.objective == "dense_output":
-            if stats.cross is None or name not in self._dense:
+            if stats.cross is None or name not in self.dense:
                 raise ValueError(f"iobs dense_output needs the dense inputs and weight of {name}")
-            w_new = newton_dense_output(weight, self._dense[name].to(weight.device), stats.hessian, stats.cross,
+            w_new = newton_dense_output(weight, self.dense[name].to(weight.device), stats.hessian, stats.cross,
                                         p.step_size, p.newton_damp)
         else:
-            w_new = newton_global(weight, self._grads[name].to(weight.device), stats.hessian, p.step_size,
+            w_new = newton_global(weight, self.grads[name].to(weight.device), stats.hessian, p.step_size,
                                   p.newton_damp)
         norm = float(weight.float().norm())
         step = float((w_new - weight.float()).norm()) / norm if norm > 0 else 0.0
@@ -252,8 +256,6 @@ def global_gradients(model: Any, batches: list, layers: dict[str, Any], dense: d
     """
     import torch.nn.functional as F
 
-    from harness.calibration import _Swap
-
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
     for p in model.parameters():
         p.requires_grad_(False)
@@ -265,7 +267,7 @@ def global_gradients(model: Any, batches: list, layers: dict[str, Any], dense: d
         for ids in batches:
             ids = ids.to(device)
             if loss == "kl_dense":
-                with torch.no_grad(), _Swap(layers, dense):
+                with torch.no_grad(), swap_weights(layers, dense):
                     ref = F.log_softmax(model(input_ids=ids, use_cache=False).logits.float(), -1)
                 logp = F.log_softmax(model(input_ids=ids, use_cache=False).logits.float(), -1)
                 value = (ref.exp() * (ref - logp)).sum() / positions
@@ -281,44 +283,38 @@ def global_gradients(model: Any, batches: list, layers: dict[str, Any], dense: d
             p.requires_grad_(flags[n])
 
 
-def prune_iterative(
-    model: Any,
-    batches: list,
-    val_batches: list,
-    method: IOBS,
-    target: Target,
-    *,
-    device: Any,
-    selection: Any,
-    progress: Callable[[int, int], None] | None = None,
-) -> tuple[list, IterationLog]:
-    """Run I-OBS(T) on a causal LM in place; return the kept round's layer reports and the log."""
-    from harness.calibration import find_blocks, prunable_layers, prune_sequential
+def dense_copy(ctx: ModelContext) -> dict[str, "torch.Tensor"]:
+    """Every prunable layer's current weight, copied to the CPU (the dense model, before round 1)."""
+    return {n: m.weight.detach().to("cpu", copy=True) for n, m in ctx.layers.items()}
 
-    p = method.params
-    path, blocks = find_blocks(model)
-    layers = {n: m for i, b in enumerate(blocks) for n, m in prunable_layers(b, f"{path}.{i}", selection).items()}
-    method._dense = {n: m.weight.detach().to("cpu", copy=True) for n, m in layers.items()}
+
+def prune_iterative(ctx: ModelContext, p: Any, target: Target, batches: list, val_batches: list
+                    ) -> tuple[list[LayerReport], IterationLog]:
+    """Run I-OBS(T) on a causal LM in place; return the kept round's layer reports and the log.
+
+    Args:
+        p: the ``IOBS.Params``.
+        batches: the calibration windows in forward-sized batches (for ``global_grad``'s gradient).
+        val_batches: held-out windows, scored after every round when ``select: val``.
+    """
+    step = IOBSRound(p, dense_copy(ctx))
 
     def run_round(t: int) -> list:
         if p.objective == "global_grad":
-            model.to(device)
-            method._grads = global_gradients(model, batches, layers, method._dense, p.loss, device)
-            model.to("cpu")
-        return prune_sequential(model, batches, method, target, device=device, selection=selection,
-                                progress=(lambda d, n: progress((t - 1) * n + d, p.iterations * n))
-                                if progress else None)
+            ctx.model.to(ctx.device)
+            step.grads = global_gradients(ctx.model, batches, ctx.layers, step.dense, p.loss, ctx.device)
+            ctx.model.to("cpu")
+        progress = ((lambda d, n: ctx.report("prune", (t - 1) * n + d, p.iterations * n))
+                    if ctx.progress else None)
+        return ctx.run_method(step, target, progress=progress)
 
     def score() -> float:
-        model.to(device)
-        val = mean_token_loss(model, val_batches, device)
-        model.to("cpu")
+        ctx.model.to(ctx.device)
+        val = mean_token_loss(ctx.model, val_batches, ctx.device)
+        ctx.model.to("cpu")
         return val
 
-    try:
-        return _rounds(p, run_round, score, layers, bool(val_batches))
-    finally:
-        method._dense, method._grads = {}, {}
+    return _rounds(p, run_round, score, ctx.layers, bool(val_batches))
 
 
 def _rounds(p: Any, run_round: Callable[[int], list], score: Callable[[], float], layers: dict[str, Any],
@@ -353,7 +349,8 @@ def _rounds(p: Any, run_round: Callable[[int], list], score: Callable[[], float]
     return reports, log
 
 
-def fisher_round(ctx: Any, method: IOBS, target: Target, batches: list) -> list:
+def fisher_round(ctx: ModelContext, p: Any, dense: dict[str, "torch.Tensor"], target: Target, batches: list
+                 ) -> list[LayerReport]:
     """One I-OBS round with block empirical-Fisher curvature, on every prunable layer at once.
 
     At the current weights θ_t: m gradients of the calibration cross-entropy give the block
@@ -364,16 +361,14 @@ def fisher_round(ctx: Any, method: IOBS, target: Target, batches: list) -> list:
     w~_q²/(2[F⁻¹]_qq) of each layer pruned and the rest updated by the block OBS step.
     With η = 0 this is one-shot woodfisher.
     """
-    from harness.calibration import LayerReport
     from methods.woodfisher import check_fisher_budget, layer_pass, sample_gradients, select, woodfisher_stats
 
-    p = method.params
     shapes = check_fisher_budget(ctx, target, p.fisher_grads, p.fisher_grad_batch, p.max_gib, "iobs curvature: fisher",
                                  ("fisher_grads", "fisher_grad_batch"))
     none = {n: torch.zeros(r * c, dtype=torch.bool, device=ctx.device) for n, (r, c) in shapes.items()}
     grads, _ = sample_gradients(ctx, none, p.fisher_grads, p.fisher_grad_batch)
     per_grad = p.fisher_grad_batch * (ctx.data.inputs.shape[1] - 1)  # predicted tokens averaged into each gradient
-    gbar = (global_gradients(ctx.model, batches, ctx.layers, method._dense, p.loss, ctx.device)
+    gbar = (global_gradients(ctx.model, batches, ctx.layers, dense, p.loss, ctx.device)
             if p.step_size else {})
     stats, points, times, steps = {}, {}, {}, {}
     for name in ctx.layers:
@@ -408,18 +403,15 @@ def fisher_round(ctx: Any, method: IOBS, target: Target, batches: list) -> list:
     return reports
 
 
-def prune_fisher(ctx: Any, method: IOBS, target: Target, batches: list, val_batches: list) -> tuple[list, IterationLog]:
+def prune_fisher(ctx: ModelContext, p: Any, target: Target, batches: list, val_batches: list
+                 ) -> tuple[list[LayerReport], IterationLog]:
     """I-OBS(T) with ``curvature: fisher`` through the model-level context (the model stays on its device)."""
-    p = method.params
-    method._dense = {n: m.weight.detach().to("cpu", copy=True) for n, m in ctx.layers.items()}
+    dense = dense_copy(ctx)
 
     def run_round(t: int) -> list:
-        reports = fisher_round(ctx, method, target, batches)
+        reports = fisher_round(ctx, p, dense, target, batches)
         ctx.report("iobs rounds", t, p.iterations)
         return reports
 
-    try:
-        return _rounds(p, run_round, lambda: mean_token_loss(ctx.model, val_batches, ctx.device), ctx.layers,
-                       bool(val_batches))
-    finally:
-        method._dense = {}
+    return _rounds(p, run_round, lambda: mean_token_loss(ctx.model, val_batches, ctx.device), ctx.layers,
+                   bool(val_batches))

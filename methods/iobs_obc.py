@@ -16,9 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from harness._lazy import torch
-from harness.method import register_method
-from methods._recovery import (Problem, RecoveryMethod, Step, check_step_params, curvature, curvature_inverse,
+from harness.core.lazy import torch
+from harness.core.method import register_method
+from harness.core.recovery import RecoveryMethod, RecoveryProblem
+from methods._recovery import (Step, check_step_params, curvature, curvature_inverse,
                                greedy_obs_project, obs_refit)
 
 
@@ -37,7 +38,7 @@ class IOBSOBC(RecoveryMethod):
         def validate(self) -> None:
             check_step_params(self.step, self.eta, self.ridge)
 
-    def setup(self, problem: Problem, k: int) -> dict[str, Any]:
+    def setup(self, problem: RecoveryProblem, k: int) -> dict[str, Any]:
         _, n, d = problem.x.shape
         if n < d and self.params.ridge == 0:
             raise ValueError(f"iobs_obc needs an invertible curvature, but n={n} < d={d} makes XᵀX singular; "

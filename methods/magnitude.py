@@ -8,11 +8,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from harness._lazy import torch
+from harness.core.lazy import torch
 
-from harness.method import LayerStats, PruneResult, PruningMethod, register_method
-from harness.sparsity import nm_mask, threshold_mask
-from harness.target import Target
+from harness.core.method import LayerMethod, LayerStats, PruneResult, register_method
+from harness.core.sparsity import nm_mask, threshold_mask
+from harness.core.target import Target
 
 
 def magnitude_mask(weight: torch.Tensor, target: Target, threshold: float | None = None) -> torch.Tensor:
@@ -37,7 +37,7 @@ def global_threshold(weights: list[torch.Tensor], sparsity: float) -> float:
 
 
 @register_method("magnitude")
-class Magnitude(PruningMethod):
+class Magnitude(LayerMethod):
     """Magnitude pruning; no calibration data.
 
     Example:

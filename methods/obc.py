@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from harness._lazy import torch
-from harness.method import LayerStats, PruneResult, PruningMethod, register_method
-from harness.target import Target
+from harness.core.lazy import torch
+from harness.core.method import LayerMethod, LayerStats, PruneResult, register_method
+from harness.core.target import Target
 
 MAX_DAMPING_RETRIES = 6
 
@@ -118,7 +118,7 @@ def obc_prune(weight: "torch.Tensor", hessian: "torch.Tensor", target: Target, *
 
 
 @register_method("obc")
-class ExactOBS(PruningMethod):
+class ExactOBS(LayerMethod):
     """ExactOBS (OBC): exact greedy OBS per row, global selection inside each layer; N:M supported.
 
     Example:

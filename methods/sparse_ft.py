@@ -18,31 +18,30 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-from harness._lazy import torch
-from harness.method import (
-    PruneResult,
-    PruningMethod,
+from harness.core.lazy import torch
+from harness.core.context import ModelContext
+from harness.core.method import (
+    METHODS,
+    LayerReport,
+    MethodBase,
+    ModelMethod,
     build_params,
-    get_method,
     params_dict,
     register_method,
 )
-from harness.registry import UnknownNameError
-from harness.target import Target
+from harness.core.registry import UnknownNameError
+from harness.core.target import Target
 
-if TYPE_CHECKING:
-    from harness.calibration import LayerReport
-    from harness.global_driver import ModelContext
 
 MAX_TEACHER_BYTES = 4 << 30  # the dense model's log-probabilities are cached; above this, refuse
 
 
-def resolve_init(name: str, params: dict[str, Any]) -> PruningMethod:
+def resolve_init(name: str, params: dict[str, Any]) -> MethodBase:
     """The ``init`` method built from its params; ValueError (did-you-mean) for a bad name."""
     try:
-        cls = get_method(name)
+        cls = METHODS.get(name)  # discovery ran before any suite or run built this method's params
     except UnknownNameError as exc:
         raise ValueError(f"init: {exc}") from None
     if cls.name == "sparse_ft" or not cls.modifies_weights:
@@ -70,7 +69,7 @@ def dense_log_probs(ctx: ModelContext) -> torch.Tensor:
 
 
 @register_method("sparse_ft")
-class SparseFT(PruningMethod):
+class SparseFT(ModelMethod):
     """Prune with ``init``, then masked Adam towards the dense model, validation-selected (fine-tuning).
 
     Example:
@@ -102,15 +101,10 @@ class SparseFT(PruningMethod):
             if self.select == "val" and self.val_samples == 0:
                 raise ValueError("select: val needs val_samples >= 1 (or use select: last)")
 
-    stats = "none"
-    level = "model"
     category = "fine-tuning"
 
     def target_scope(self) -> Literal["layer", "model"]:
         return resolve_init(self.params.init, self.params.init_params).target_scope()
-
-    def prune(self, name, weight, stats, target) -> PruneResult:
-        raise ValueError("sparse_ft is a model-level method: it fine-tunes the whole model")
 
     def prune_model(self, ctx: ModelContext, target: Target) -> list[LayerReport]:
         p = self.params

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from harness._lazy import torch
+from harness.core.lazy import torch
 
-from harness.method import LayerStats, PruneResult, PruningMethod, register_method
-from harness.target import Target
+from harness.core.method import LayerMethod, LayerStats, PruneResult, register_method
+from harness.core.target import Target
 
 MAX_DAMPING_RETRIES = 4  # each retry multiplies the damping by 10
 
@@ -116,7 +116,7 @@ def sparsegpt_prune(
 
 
 @register_method("sparsegpt")
-class SparseGPT(PruningMethod):
+class SparseGPT(LayerMethod):
     """SparseGPT one-shot pruning (unstructured and N:M).
 
     Example:

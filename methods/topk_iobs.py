@@ -16,9 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from harness._lazy import torch
-from harness.method import register_method
-from methods._recovery import (Problem, RecoveryMethod, Step, check_step_params, curvature, curvature_inverse,
+from harness.core.lazy import torch
+from harness.core.method import register_method
+from harness.core.recovery import RecoveryMethod, RecoveryProblem
+from methods._recovery import (Step, check_step_params, curvature, curvature_inverse,
                                hard_threshold, obs_refit)
 
 
@@ -36,7 +37,7 @@ class TopkIOBS(RecoveryMethod):
         def validate(self) -> None:
             check_step_params(self.step, self.eta, self.ridge)
 
-    def setup(self, problem: Problem, k: int) -> dict[str, Any]:
+    def setup(self, problem: RecoveryProblem, k: int) -> dict[str, Any]:
         return {"cinv": curvature_inverse(curvature(problem.x, self.params.step), self.params.ridge)}
 
     def update(self, theta: "torch.Tensor", grad: "torch.Tensor", state: dict[str, Any], k: int) -> "torch.Tensor":

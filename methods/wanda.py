@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from harness._lazy import torch
+from harness.core.lazy import torch
 
-from harness.method import LayerStats, PruneResult, PruningMethod, register_method
-from harness.sparsity import nm_mask, prune_smallest
-from harness.target import Target
+from harness.core.method import LayerMethod, LayerStats, PruneResult, register_method
+from harness.core.sparsity import nm_mask, prune_smallest
+from harness.core.target import Target
 
 
 def wanda_scores(weight: torch.Tensor, act_sq_mean: torch.Tensor) -> torch.Tensor:
@@ -27,7 +27,7 @@ def wanda_mask(scores: torch.Tensor, target: Target) -> torch.Tensor:
 
 
 @register_method("wanda")
-class Wanda(PruningMethod):
+class Wanda(LayerMethod):
     """Wanda: weights and activations. Needs only the diagonal of X^T X.
 
     Example:

@@ -31,15 +31,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
-from harness._lazy import torch
-from harness.method import PruneResult, PruningMethod, register_method
-from harness.target import Target
+from harness.core.lazy import torch
+from harness.core.context import ModelContext
+from harness.core.method import LayerReport, ModelMethod, register_method
+from harness.core.target import Target
 
-if TYPE_CHECKING:
-    from harness.calibration import LayerReport
-    from harness.global_driver import ModelContext
 
 CHUNK_BYTES = 256 << 20  # F⁻¹ blocks built at once
 
@@ -251,7 +249,7 @@ def check_fisher_budget(ctx: ModelContext, target: Target, num_grads: int, grad_
 
 
 @register_method("woodfisher")
-class WoodFisher(PruningMethod):
+class WoodFisher(ModelMethod):
     """WoodFisher: block-diagonal empirical-Fisher OBS, global or per-layer, with recomputation.
 
     Example:
@@ -281,16 +279,10 @@ class WoodFisher(PruningMethod):
                 raise ValueError(f"max_gib must be positive, got {self.max_gib}")
 
     stats = "none"
-    level = "model"
-
     def target_scope(self) -> Literal["layer", "model"]:
         return "model" if self.params.scope == "global" else "layer"
 
-    def prune(self, name, weight, stats, target) -> PruneResult:
-        raise ValueError("woodfisher is a model-level method: it needs the model's loss, not one layer")
-
     def prune_model(self, ctx: ModelContext, target: Target) -> list[LayerReport]:
-        from harness.calibration import LayerReport
 
         p = self.params
         shapes = check_fisher_budget(ctx, target, p.num_grads, p.grad_batch, p.max_gib)

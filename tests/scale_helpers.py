@@ -12,8 +12,8 @@ import sys
 import textwrap
 from pathlib import Path
 
-from harness.store import Store
-from harness.suite import expand, load_suite
+from harness.store.index import Store
+from harness.suite.loader import expand, load_suite
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,13 +48,13 @@ def harness_env(**extra: str) -> dict[str, str]:
 def start_harness(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     """``harness ...`` in its own process group (so the test can signal it and its workers)."""
     return subprocess.Popen(
-        [sys.executable, "-m", "harness.cli", *args], cwd=REPO, env=env or harness_env(),
+        [sys.executable, "-m", "harness.cli.main", *args], cwd=REPO, env=env or harness_env(),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )
 
 
 def run_harness(*args: str, timeout: float = 300, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "harness.cli", *args], cwd=REPO, env=env or harness_env(),
+    return subprocess.run([sys.executable, "-m", "harness.cli.main", *args], cwd=REPO, env=env or harness_env(),
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -85,7 +85,7 @@ def kill_group(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
 
 def die_on_magnitude(spec, suite_text, store, device, env, caches, reporter) -> str:
     """A worker's cell function that SIGKILLs its own process on magnitude cells (an OOM kill)."""
-    from harness.executors import run_and_write
+    from harness.run.executors import run_and_write
 
     if spec.method == "magnitude":
         os.kill(os.getpid(), signal.SIGKILL)
@@ -94,7 +94,7 @@ def die_on_magnitude(spec, suite_text, store, device, env, caches, reporter) -> 
 
 def slurm_die_on_magnitude(spec, suite_text, db_path, device) -> str:
     """A submitit task that SIGKILLs itself on magnitude cells, before writing anything."""
-    from harness._slurm import slurm_cell
+    from harness.run.slurm import slurm_cell
 
     if spec.method == "magnitude":
         os.kill(os.getpid(), signal.SIGKILL)
@@ -104,7 +104,7 @@ def slurm_die_on_magnitude(spec, suite_text, db_path, device) -> str:
 def slurm_marker_or_die(spec, suite_text, db_path, device) -> str:
     """A submitit task that loads no model: dense cells write a record marked as written by the
     task (as failed, so it is never taken for a result), magnitude cells SIGKILL themselves."""
-    from harness.runner import new_record
+    from harness.run.runner import new_record
 
     if spec.method == "magnitude":
         os.kill(os.getpid(), signal.SIGKILL)

@@ -16,14 +16,14 @@ BAD = sorted((REPO / "tests" / "fixtures" / "bad_suites").glob("*"))
 def harness(*args, cwd=REPO, env=None, timeout=300):
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", "harness.cli", *args], cwd=cwd, env=full_env,
+        [sys.executable, "-m", "harness.cli.main", *args], cwd=cwd, env=full_env,
         capture_output=True, text=True, timeout=timeout,
     )
 
 
 def test_help_and_validate_do_not_import_torch():
     code = (
-        "import sys; from harness.cli import main\n"
+        "import sys; from harness.cli.main import main\n"
         "rc = main(['validate', 'suites/quickstart.yaml', 'suites/llm_50pct.yaml'])\n"
         "assert 'torch' not in sys.modules, 'validate imported torch'\n"
         "sys.exit(rc)\n"
@@ -86,7 +86,7 @@ def test_offline_hub_model_gives_one_clear_line(tmp_path):
 
 
 def test_metric_directions():
-    from harness.report import lower_is_better, recovery
+    from harness.cli.report import lower_is_better, recovery
 
     assert lower_is_better("wikitext2/ppl@2048") and lower_is_better("tiny_wiki/bits_per_byte")
     assert lower_is_better("val_loss") and lower_is_better("synthetic/final_dist")

@@ -5,11 +5,13 @@ import pytest
 import torch
 
 from conftest import tiny_model
-from harness.calibration import _Collector, find_blocks, prunable_layers, prune_sequential
-from harness.method import build_params, get_method, list_methods
-from harness.sparsity import check, measure
-from harness.spec import LayerSelection
-from harness.target import Target
+from harness.drivers.hooks import StatsCollector
+from harness.drivers.lm import find_blocks, prunable_layers, prune_sequential
+from harness.core.method import build_params
+from harness.plugins import get_method, list_methods
+from harness.core.sparsity import check, measure
+from harness.core.spec import LayerSelection
+from harness.core.target import Target
 
 FAMILIES = ["opt", "llama", "mistral"]
 
@@ -48,7 +50,7 @@ def test_shared_inputs_share_one_hessian(family):
     model = tiny_model(family)
     path, blocks = find_blocks(model)
     layers = prunable_layers(blocks[0], f"{path}.0", LayerSelection())
-    collector = _Collector(layers, "hessian")
+    collector = StatsCollector(layers, "hessian")
     with torch.no_grad():
         model(batches()[0])
     collector.remove()
@@ -77,8 +79,8 @@ def test_every_method_meets_its_target_in_every_layer(family, name, target):
     model = tiny_model(family)
     tgt = Target.parse(target)
     m = method(name, **SMALL.get(name, {}))
-    if m.level == "model":  # whole model and a loss: the model-level driver, same reports
-        from harness.global_driver import prune_model_lm
+    if m.kind == "model":  # whole model and a loss: the model-level driver, same reports
+        from harness.drivers.model_level import prune_model_lm
 
         reports = prune_model_lm(model, torch.cat(batches()), m, tgt, batch_size=2).reports
     else:
@@ -110,7 +112,7 @@ def test_embeddings_and_head_stay_dense():
 
 
 def test_nonfinite_activations_fail_loudly():
-    from harness.calibration import NumericalError
+    from harness.drivers.lm import NumericalError
 
     model = tiny_model("llama")
     with torch.no_grad():

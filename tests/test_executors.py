@@ -20,10 +20,10 @@ from scale_helpers import (
     write_suite,
 )
 
-from harness.executors import ExecutorError, LocalExecutor, _slots, describe_exit
-from harness.runner import Reporter, new_record, run_suite
-from harness.store import Store
-from harness.suite import load_suite
+from harness.run.executors import ExecutorError, LocalExecutor, _slots, describe_exit
+from harness.run.runner import Reporter, new_record, run_suite
+from harness.store.index import Store
+from harness.suite.loader import load_suite
 
 
 class Events(Reporter):
@@ -75,7 +75,7 @@ def report_visible_gpu(spec, suite_text, store, device, env, caches, reporter) -
 
 
 def test_each_worker_sees_one_gpu(tmp_path, monkeypatch):
-    import harness.executors as ex
+    import harness.run.executors as ex
 
     monkeypatch.setattr(ex, "_gpu_ids", lambda: ["3", "5"])
     suite = load_suite(write_suite(tmp_path, methods="magnitude", targets="0.2, 0.4, 0.6, 0.8"))
@@ -86,7 +86,7 @@ def test_each_worker_sees_one_gpu(tmp_path, monkeypatch):
 
 
 def test_slots_and_exit_descriptions(monkeypatch):
-    import harness.executors as ex
+    import harness.run.executors as ex
 
     monkeypatch.setattr(ex, "_gpu_ids", lambda: ["0", "1"])
     assert _slots(None, 3) == (["cuda#0", "cuda#1", "cuda#0"], None)
@@ -184,7 +184,7 @@ def test_reindex_command(tmp_path):
 
 
 def test_record_waits_on_disk_while_the_database_is_busy(tmp_path):
-    from harness.store import StoreBusy
+    from harness.store.index import StoreBusy
 
     class BusyOnce(Store):
         calls = 0

@@ -7,17 +7,18 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from harness.calibration import prune_sequential
-from harness.global_driver import CalibrationSet, ModelContext, prune_model_lm
-from harness.method import (
+from harness.drivers.lm import prune_sequential
+from harness.drivers.model_level import CalibrationSet, ModelContext, prune_model_lm
+from harness.core.method import (
     METHODS,
+    ModelMethod,
     ParamsError,
     PruningMethod,
     build_params,
-    get_method,
     register_method,
 )
-from harness.target import Target
+from harness.plugins import get_method
+from harness.core.target import Target
 
 
 def method(name, **params):
@@ -52,16 +53,13 @@ def model_level_magnitude():
     """Magnitude pruning written as a model-level method: the driver's own behaviour, isolated."""
 
     @register_method("test_model_magnitude")
-    class ModelMagnitude(PruningMethod):
+    class ModelMagnitude(ModelMethod):
         @dataclass(frozen=True)
         class Params:
             pass
 
-        stats = "none"
-        level = "model"
-
         def prune_model(self, ctx, target):
-            from harness.calibration import LayerReport
+            from harness.core.method import LayerReport
             from methods.magnitude import magnitude_mask
 
             reports = []
@@ -92,12 +90,10 @@ def test_reports_share_the_layer_paths_error_measure(llama_and_tokens, model_lev
 
 
 def test_model_level_method_must_implement_prune_model():
-    class Broken(PruningMethod):
+    class Broken(ModelMethod):
         @dataclass(frozen=True)
         class Params:
             pass
-
-        level = "model"
 
     with pytest.raises(TypeError, match="does not implement prune_model"):
         register_method("test_broken_model_level")(Broken)
@@ -119,7 +115,7 @@ def test_sparse_ft_validates_init_with_did_you_mean(tmp_path):
     assert p.init_params == {}  # resolved: wanda has no params
     assert method("sparse_ft").params.init_params == {"blocksize": 128, "dampening_frac": 0.01}
 
-    from harness.suite import SuiteError, load_suite
+    from harness.suite.loader import SuiteError, load_suite
 
     path = tmp_path / "s.yaml"
     path.write_text("name: x\nmodels: [zoo:tiny-llama]\nmethods:\n  - name: sparse_ft\n"
@@ -169,8 +165,8 @@ def test_sparse_ft_needs_training_samples(llama_and_tokens):
 def test_sparse_ft_through_the_runner(tmp_path):
     from test_runner import write_suite
 
-    from harness.runner import run_suite
-    from harness.store import Store
+    from harness.run.runner import run_suite
+    from harness.store.index import Store
 
     suite = write_suite(tmp_path, """
         name: ft
@@ -196,7 +192,7 @@ def test_sparse_ft_through_the_runner(tmp_path):
 def test_leaderboard_labels_fine_tuning_and_keeps_it_out_of_best(tmp_path):
     from test_leaderboard import make_record
 
-    from harness.store import Store
+    from harness.store.index import Store
     from leaderboard.build import build_tables
     from leaderboard.data import load_runs
 
@@ -217,7 +213,7 @@ def test_leaderboard_labels_fine_tuning_and_keeps_it_out_of_best(tmp_path):
 
 
 class _Stream:
-    """The parts of harness.images.ImageStream the vision driver uses."""
+    """The parts of harness.data.images.ImageStream the vision driver uses."""
 
     def __init__(self, x, labels=()):
         self.x, self.items, self.labels = x, list(range(x.shape[0])), tuple(labels)
@@ -230,7 +226,7 @@ def test_vision_path_fine_tunes_and_re_estimates_batchnorm():
     """Without labels (dataset labels are covered by the zoo resnet test in test_woodfisher.py)."""
     from test_vision import random_images, tiny_resnet
 
-    from harness.global_driver import prune_model_vision
+    from harness.drivers.model_level import prune_model_vision
 
     model = tiny_resnet()
     x = random_images(16)
@@ -244,7 +240,7 @@ def test_vision_path_fine_tunes_and_re_estimates_batchnorm():
     assert res.info["labels"] == "dense model's predictions"
     assert res.bn_recalibration["applied"] is True and res.calibration_images == 16
     assert "conv1.0" not in {r.name for r in res.reports}  # the stem stays dense, as on the layer path
-    from harness.vision import prune_vision
+    from harness.drivers.vision import prune_vision
 
     ref = tiny_resnet()  # the init alone: sparse_ft must keep its zero pattern exactly
     prune_vision(ref, lambda bs: x.split(bs), method("sparsegpt"), Target(0.5), batch_size=8)

@@ -6,11 +6,18 @@ import pytest
 import torch
 
 from conftest import tiny_model
-from harness.calibration import prune_sequential
-from harness.method import PruneResult, PruningMethod, build_params, get_method
-from harness.spec import LayerSelection
-from harness.target import Target
-from methods.iobs import mean_token_loss, newton_dense_output, newton_global, prune_iterative
+from harness.drivers.lm import prune_sequential
+from harness.core.method import PruneResult, PruningMethod, build_params
+from harness.plugins import get_method
+from harness.core.target import Target
+from harness.drivers.model_level import lm_context
+from methods.iobs import IOBSRound, mean_token_loss, newton_dense_output, newton_global, prune_iterative
+
+
+def iterate(model, cal, val, iobs, target):
+    """I-OBS(T)'s rounds on ``model`` through a model context over the windows of ``cal``."""
+    ctx = lm_context(model, torch.cat(cal), batch_size=cal[0].shape[0])
+    return prune_iterative(ctx, iobs.params, target, cal, val)
 
 
 def method(name, **params):
@@ -129,7 +136,7 @@ def test_one_round_with_zero_step_is_sparsegpt_bit_for_bit(target):
     prune_sequential(ref, cal, method("sparsegpt", blocksize=16), Target.parse(target))
     model = tiny_model("llama")
     iobs = method("iobs", iterations=1, step_size=0.0, blocksize=16)
-    prune_iterative(model, cal, [], iobs, Target.parse(target), device="cpu", selection=LayerSelection())
+    iterate(model, cal, [], iobs, Target.parse(target))
     for (name, a), (_, b) in zip(ref.named_parameters(), model.named_parameters()):
         assert torch.equal(a, b), name
 
@@ -138,7 +145,7 @@ def test_validation_selection_keeps_the_best_round():
     cal, val = batches(n=4), batches(seed=9, n=2)
     model = tiny_model("llama")
     iobs = method("iobs", iterations=3, step_size=1.5, blocksize=16)
-    _, log = prune_iterative(model, cal, val, iobs, Target(0.6), device="cpu", selection=LayerSelection())
+    _, log = iterate(model, cal, val, iobs, Target(0.6))
     assert 1 <= log.chosen <= len(log.val_loss) == len(log.round_time_s)
     assert mean_token_loss(model, val, "cpu") == pytest.approx(min(log.val_loss), rel=1e-6)
     if log.stopped_early:
@@ -148,9 +155,8 @@ def test_validation_selection_keeps_the_best_round():
 def test_global_grad_objective_moves_weights_and_meets_the_target():
     model = tiny_model("opt")
     iobs = method("iobs", objective="global_grad", loss="ce", iterations=2, blocksize=16)
-    assert iobs.params.step_size == 0.1 and iobs.stats == "hessian"
-    reports, _ = prune_iterative(model, batches(n=4), batches(seed=5, n=2), iobs, Target(0.5), device="cpu",
-                                 selection=LayerSelection())
+    assert iobs.params.step_size == 0.1 and IOBSRound(iobs.params, {}).stats == "hessian"
+    reports, _ = iterate(model, batches(n=4), batches(seed=5, n=2), iobs, Target(0.5))
     assert all(r.info["newton_rel_step"] > 0 for r in reports)
     for r in reports:
         w = model.get_submodule(r.name).weight
@@ -161,7 +167,7 @@ def test_global_grad_objective_moves_weights_and_meets_the_target():
     ({"step_size": 3.0}, "step_size"), ({"iterations": 0}, "iterations"), ({"objective": "dense"}, "objective"),
 ])
 def test_bad_params_are_refused(params, message):
-    from harness.method import ParamsError
+    from harness.core.method import ParamsError
 
     with pytest.raises(ParamsError, match=message):
         build_params(get_method("iobs"), params)
@@ -169,9 +175,9 @@ def test_bad_params_are_refused(params, message):
 
 def test_iobs_beats_one_shot_sparsegpt_on_the_zoo_llama():
     """The default (dense-output objective, η 0.5, validation-selected) on real trained weights."""
-    from harness import data
-    from harness.models import load_model
-    from harness.spec import ModelSpec
+    from harness.data import text as data
+    from harness.models.load import load_model
+    from harness.core.spec import ModelSpec
 
     spec = ModelSpec("zoo:tiny-llama")
     tok = load_model(spec, device="cpu").tokenizer
@@ -182,16 +188,15 @@ def test_iobs_beats_one_shot_sparsegpt_on_the_zoo_llama():
     ref = load_model(spec, device="cpu").model
     prune_sequential(ref, cal, method("sparsegpt"), target)
     model = load_model(spec, device="cpu").model
-    _, log = prune_iterative(model, cal, val, method("iobs", iterations=3), target, device="cpu",
-                             selection=LayerSelection())
+    _, log = iterate(model, cal, val, method("iobs", iterations=3), target)
     one_shot, iterative = data.perplexity(ref, test, 128).value, data.perplexity(model, test, 128).value
     assert iterative < 0.97 * one_shot, (one_shot, iterative, log)
 
 
 def test_iobs_cell_records_rounds_and_validation_curve(tmp_path):
-    from harness.runner import run_suite
-    from harness.store import Store
-    from harness.suite import load_suite
+    from harness.run.runner import run_suite
+    from harness.store.index import Store
+    from harness.suite.loader import load_suite
 
     path = tmp_path / "s.yaml"
     path.write_text(
@@ -217,7 +222,7 @@ FISHER = {"objective": "global_grad", "curvature": "fisher", "fisher_grads": 8, 
 
 
 def test_fisher_curvature_with_zero_step_is_one_shot_woodfisher_bit_for_bit():
-    from harness.global_driver import prune_model_lm
+    from harness.drivers.model_level import prune_model_lm
 
     tokens = torch.randint(0, 128, (16, 16), generator=torch.Generator().manual_seed(0))
     ref = tiny_model("llama")
@@ -231,7 +236,7 @@ def test_fisher_curvature_with_zero_step_is_one_shot_woodfisher_bit_for_bit():
 
 @pytest.mark.parametrize("loss", ["kl_dense", "ce"])
 def test_fisher_rounds_take_newton_steps_and_keep_the_best_round(loss):
-    from harness.global_driver import prune_model_lm
+    from harness.drivers.model_level import prune_model_lm
 
     g = torch.Generator().manual_seed(1)
     tokens, val = torch.randint(0, 128, (16, 16), generator=g), torch.randint(0, 128, (4, 16), generator=g)
@@ -256,7 +261,7 @@ def test_fisher_rounds_take_newton_steps_and_keep_the_best_round(loss):
     ({"curvature": "fisher", "objective": "global_grad", "fisher_damp": 0.0}, "fisher_damp"),
 ])
 def test_fisher_curvature_params_are_checked(params, message):
-    from harness.method import ParamsError
+    from harness.core.method import ParamsError
 
     with pytest.raises(ParamsError, match=message):
         build_params(get_method("iobs"), params)

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.spec import CalibrationSpec, ModelSpec, PerplexitySpec, RunSpec
-from harness.store import Store
+from harness.core.spec import CalibrationSpec, ModelSpec, PerplexitySpec, RunSpec
+from harness.store.index import Store
 
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = REPO / "tests" / "fixtures" / "leaderboard" / "index.html"
@@ -118,7 +118,7 @@ def site(db, tmp_path_factory) -> Path:
 @pytest.fixture
 def harness(capsys):
     """Run the CLI in this process (a subprocess per call would cost ~1 s of imports)."""
-    from harness.cli import main
+    from harness.cli.main import main
 
     def run(*args: str) -> subprocess.CompletedProcess:
         capsys.readouterr()
@@ -160,7 +160,7 @@ def test_index_matches_golden_file(db, tmp_path):
 
 
 def test_rebuild_is_byte_identical(db, site, tmp_path):
-    from harness.store import Store
+    from harness.store.index import Store
     from leaderboard.data import load_runs
     from leaderboard.pages import pareto_plots, run_page
     from leaderboard.plots import draw
@@ -182,7 +182,7 @@ def test_rebuild_is_byte_identical(db, site, tmp_path):
 
 
 def test_table_model_cells(db):
-    from harness.store import Store
+    from harness.store.index import Store
     from leaderboard.build import build_tables
     from leaderboard.data import load_runs
 
@@ -223,7 +223,7 @@ def test_table_model_cells(db):
 
 
 def test_metric_declarations_agree_with_report_direction():
-    from harness.report import lower_is_better
+    from harness.cli.report import lower_is_better
     from leaderboard.metrics import MEASURES, format_value, metric_info
 
     for measure in MEASURES:
@@ -273,7 +273,7 @@ def test_model_family(model, family):
 
 
 def test_pareto_plots_skip_failed_and_mark_nm(db):
-    from harness.store import Store
+    from harness.store.index import Store
     from leaderboard.data import load_runs
     from leaderboard.pages import pareto_plots
 
@@ -316,7 +316,7 @@ def test_user_strings_are_escaped_everywhere(site):
 
 
 def test_run_page_has_details(db, site):
-    from harness.store import Store
+    from harness.store.index import Store
 
     runs = {(r[0], r[1], r[2]): r[3] for r in Store(db).query(
         "SELECT model, method, target, run_id FROM runs")}
@@ -436,7 +436,7 @@ def test_export_json_to_stdout(harness, db):
 
 
 def test_help_stays_light():
-    code = ("import sys; from harness.cli import build_parser; build_parser()\n"
+    code = ("import sys; from harness.cli.main import build_parser; build_parser()\n"
             "heavy = [m for m in ('duckdb', 'jinja2', 'matplotlib', 'torch') if m in sys.modules]\n"
             "assert not heavy, heavy\n")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
@@ -445,8 +445,8 @@ def test_help_stays_light():
 
 def test_method_variants_are_told_apart_by_the_params_that_differ(tmp_path):
     """The same method twice in a suite (iobs with two curvatures) gets two labels, not one name twice."""
-    from harness.spec import CalibrationSpec, ModelSpec, PerplexitySpec, RunSpec
-    from harness.store import Store
+    from harness.core.spec import CalibrationSpec, ModelSpec, PerplexitySpec, RunSpec
+    from harness.store.index import Store
     from leaderboard.build import build_tables
     from leaderboard.data import load_runs
 

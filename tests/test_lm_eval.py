@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness import lm_eval_adapter as adapter
-from harness.lm_tasks import TASK_DIR, build
-from harness.spec import LmEvalSpec, ModelSpec, RunSpec, CalibrationSpec
-from harness.suite import SuiteError, expand, load_suite
+from harness.evaluate import lm_eval_adapter as adapter
+from harness.evaluate.lm_tasks import TASK_DIR, build
+from harness.core.spec import LmEvalSpec, ModelSpec, RunSpec, CalibrationSpec
+from harness.suite.loader import SuiteError, expand, load_suite
 
 REPO = Path(__file__).parent.parent
 LIMIT = 8  # items per task in the model tests
@@ -29,7 +29,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def llama():
-    from harness.models import load_model
+    from harness.models.load import load_model
 
     return load_model(ModelSpec("zoo:tiny-llama"))
 
@@ -87,10 +87,11 @@ def test_tasks_together_equal_tasks_alone(llama):
 def test_same_model_is_reevaluated_after_pruning():
     import torch
 
-    from harness.calibration import prune_sequential
-    from harness.method import build_params, get_method
-    from harness.models import load_model
-    from harness.target import Target
+    from harness.drivers.lm import prune_sequential
+    from harness.core.method import build_params
+    from harness.plugins import get_method
+    from harness.models.load import load_model
+    from harness.core.target import Target
 
     loaded = load_model(ModelSpec("zoo:tiny-llama"))  # its own copy: it is pruned in place
     dense = run_adapter(loaded, ["tiny_wiki"], limit=2)[0]["tiny_wiki/bits_per_byte"]["value"]
@@ -128,8 +129,8 @@ def test_missing_hub_data_fails_in_one_line(llama, monkeypatch):
 
 
 def test_run_suite_stores_lm_eval_rows(tmp_path, monkeypatch):
-    from harness.runner import run_suite
-    from harness.store import Store, read_record
+    from harness.run.runner import run_suite
+    from harness.store.index import Store, read_record
 
     monkeypatch.chdir(tmp_path)  # data paths must not depend on the working directory
     path = tmp_path / "s.yaml"
@@ -222,12 +223,12 @@ def test_shipped_data_is_the_deterministic_build():
     fresh = build.render()
     for name, text in fresh.items():
         shipped = (TASK_DIR / "data" / name).read_text(encoding="utf-8")
-        assert shipped == text, f"{name} differs from a fresh build: run python -m harness.lm_tasks.build"
+        assert shipped == text, f"{name} differs from a fresh build: run python -m harness.evaluate.lm_tasks.build"
     assert build.render(seed=1)["tiny_cloze.jsonl"] != fresh["tiny_cloze.jsonl"]
 
 
 def test_task_data_comes_from_the_held_out_split():
-    from harness.zoo import corpus_documents
+    from harness.models.zoo import corpus_documents
 
     train = "\n".join(corpus_documents("train"))
     test = "\n".join(corpus_documents("test"))
@@ -301,7 +302,7 @@ def test_spec_identity_and_publishable(tmp_path):
 
 
 def test_shipped_suites_validate_without_torch_or_lm_eval():
-    code = ("import sys; from harness.suite import load_suite; "
+    code = ("import sys; from harness.suite.loader import load_suite; "
             "s = [load_suite(f'suites/{n}.yaml') for n in ('quickstart', 'smoke', 'llm_50pct')]; "
             "assert s[0].lm_eval and s[1].lm_eval and set(s[2].lm_eval.tasks) >= {'boolq', 'winogrande'}; "
             "bad = [m for m in ('torch', 'lm_eval', 'datasets') if m in sys.modules]; assert not bad, bad")

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from harness import prune_weight
-from harness.obs import obs_remove, obs_saliency
-from harness.target import Target
+from harness.core.obs import obs_remove, obs_saliency
+from harness.core.target import Target
 
 METHODS = ["magnitude", "wanda", "sparsegpt"]
 ALL_METHODS = METHODS + ["obc"]
@@ -136,7 +136,8 @@ def test_sparsegpt_first_column_prune_is_exact_obs():
 
 
 def test_magnitude_global_scope_uses_one_threshold():
-    from harness.method import build_params, get_method
+    from harness.core.method import build_params
+    from harness.plugins import get_method
 
     cls = get_method("magnitude")
     m = cls(build_params(cls, {"scope": "global"}))
@@ -167,7 +168,7 @@ def test_methods_that_need_statistics_refuse_without_them():
 
 @pytest.mark.parametrize("bad", ["5:4", "0:4", "2:0", 1.2, -0.1, "abc", True])
 def test_bad_targets_raise(bad):
-    from harness.target import TargetError
+    from harness.core.target import TargetError
 
     with pytest.raises(TargetError):
         Target.parse(bad)
@@ -182,9 +183,10 @@ def test_dead_inputs_overshoot_the_target_and_the_failed_cell_says_why():
     """Inputs that never fire are zeroed whatever the target (as the references do); when they
     fill more of a 128-column block than the target allows, the layer ends above it, and the
     runner's sparsity check names them instead of a bare number."""
-    from harness.calibration import LayerReport
-    from harness.method import build_params, get_method
-    from harness.runner import _record_sparsity
+    from harness.core.method import LayerReport
+    from harness.core.method import build_params
+    from harness.plugins import get_method
+    from harness.run.runner import _record_sparsity
     from methods.sparsegpt import sparsegpt_prune
 
     g = torch.Generator().manual_seed(0)

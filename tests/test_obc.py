@@ -8,7 +8,7 @@ import torch
 
 from conftest import make_correlated_layer
 from harness import prune_weight
-from harness.obs import obs_remove
+from harness.core.obs import obs_remove
 from methods.obc import LayerTooLarge, greedy_rows
 
 

@@ -1,6 +1,6 @@
 """OBS formulas and ExactOBS against brute force over every subset, for d_in <= 12.
 
-The reference here never calls :mod:`harness.obs`: removing the set P from a row w under the
+The reference here never calls :mod:`harness.core.obs`: removing the set P from a row w under the
 quadratic ½δᵀHδ is the constrained least squares min ½δᵀHδ s.t. (w + δ)_P = 0, solved directly
 on the free coordinates F: δ_P = −w_P, δ_F = −H_FF⁻¹ H_FP δ_P.
 """
@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from harness import prune_weight
-from harness.obs import obs_remove, obs_saliency
+from harness.core.obs import obs_remove, obs_saliency
 from methods._recovery import greedy_obs_project
 from methods.obc import greedy_rows
 

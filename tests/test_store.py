@@ -1,4 +1,4 @@
-"""Tests for harness.store (records, DuckDB index, locking) and harness.env."""
+"""Tests for harness.store.index (records, DuckDB index, locking) and harness.run.env."""
 from __future__ import annotations
 
 import json
@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from harness.env import environment, peak_rss_bytes
-from harness.spec import CalibrationSpec, ModelSpec, RunSpec
-from harness.store import (
+from harness.run.env import environment, peak_rss_bytes
+from harness.core.spec import CalibrationSpec, ModelSpec, RunSpec
+from harness.store.index import (
     RecordError,
     SCHEMA_VERSION,
     Store,
@@ -242,7 +242,7 @@ def test_environment():
 
 
 def test_environment_does_not_import_torch():
-    code = ("import sys, json; from harness.env import environment; "
+    code = ("import sys, json; from harness.run.env import environment; "
             "json.dumps(environment()); print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

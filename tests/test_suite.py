@@ -19,10 +19,11 @@ from typing import Literal
 
 import pytest
 
-from harness import _yaml
-from harness.method import METHODS, PruningMethod, list_methods, register_method
-from harness.spec import ModelSpec
-from harness.suite import Problem, SuiteError, expand, load_suite
+from harness.suite import lines as _yaml
+from harness.core.method import METHODS, PruningMethod, register_method
+from harness.plugins import list_methods
+from harness.core.spec import ModelSpec
+from harness.suite.loader import Problem, SuiteError, expand, load_suite
 
 FIXTURES = Path(__file__).parent / "fixtures"
 BAD = sorted((FIXTURES / "bad_suites").glob("*.yaml"))
@@ -317,7 +318,7 @@ def test_validation_does_not_import_torch():
     # `harness validate` must answer fast, so neither this module nor the method registry
     # (imported to resolve method names) may import torch at module level.
     code = (
-        "import sys; from harness.suite import load_suite; "
+        "import sys; from harness.suite.loader import load_suite; "
         "load_suite('tests/fixtures/good_suites/quickstart.yaml'); "
         "assert 'torch' not in sys.modules, 'validating a suite imported torch'"
     )

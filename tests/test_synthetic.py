@@ -13,17 +13,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness import synthetic
-from harness.ids import SYNTHETIC_NAMES, ModelIdError, parse_model_id
-from harness.method import build_params, get_method
-from harness.runner import run_suite
-from harness.spec import RunSpec
-from harness.store import Store
-from harness.suite import SuiteError, expand, load_suite
+from harness.core import problems as problems_mod
+from harness.synthetic import bench as synthetic
+from harness.core.ids import SYNTHETIC_NAMES, ModelIdError, parse_model_id
+from harness.core.method import build_params
+from harness.plugins import get_method
+from harness.run.runner import run_suite
+from harness.core.spec import RunSpec
+from harness.store.index import Store
+from harness.suite.loader import SuiteError, expand, load_suite
 
 
 def solve_trials(method: str, params: dict, problem: dict | None = None, name: str = "gaussian", seed: int = 0):
-    prob, problems = synthetic.resolve(name, problem or {})
+    prob, problems = problems_mod.resolve(name, problem or {})
     assert not problems
     x, y, star, theta0 = synthetic.generate(name, prob, seed)
     cls = get_method(method)
@@ -34,29 +36,29 @@ def solve_trials(method: str, params: dict, problem: dict | None = None, name: s
 @pytest.fixture(autouse=True)
 def one_thread():
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # what harness.synthetic.run_cell does for d <= 256
+    torch.set_num_threads(1)  # what harness.synthetic.bench.run_cell does for d <= 256
     yield
     torch.set_num_threads(threads)
 
 
 def test_problem_names_match_the_id_parser():
-    assert set(SYNTHETIC_NAMES) == set(synthetic.PROBLEMS)
+    assert set(SYNTHETIC_NAMES) == set(problems_mod.PROBLEMS)
     with pytest.raises(ModelIdError, match="Did you mean: synthetic:gaussian"):
         parse_model_id("synthetic:gausian")
 
 
 def test_defaults_are_the_authors_problem():
-    prob, problems = synthetic.resolve("gaussian", {})
+    prob, problems = problems_mod.resolve("gaussian", {})
     assert not problems
     assert (prob["n"], prob["d"], prob["k_star"], prob["k"], prob["steps"], prob["trials"]) == (256, 128, 16, 64, 750, 20)
-    assert synthetic.target_of(prob) == "0.5"
-    assert synthetic.resolve("gaussian", {"k_star": 8})[0]["k"] == 32  # k = 4k* follows k*
+    assert problems_mod.target_of(prob) == "0.5"
+    assert problems_mod.resolve("gaussian", {"k_star": 8})[0]["k"] == 32  # k = 4k* follows k*
 
 
 def test_digit_prior_is_a_deterministic_glyph():
-    img = synthetic.glyph(3)
-    assert len(img) == 784 and img == synthetic.glyph(3) and img != synthetic.glyph(8)
-    prob, _ = synthetic.resolve("digit", {"digit": 3})
+    img = problems_mod.glyph(3)
+    assert len(img) == 784 and img == problems_mod.glyph(3) and img != problems_mod.glyph(8)
+    prob, _ = problems_mod.resolve("digit", {"digit": 3})
     assert prob["d"] == 784 and prob["k_star"] == int(sum(img)) and prob["k"] == 2 * prob["k_star"]
     assert prob["n"] == 2 * 784
     _, _, star, _ = synthetic.generate("digit", {**prob, "trials": 2, "n": 10}, 0)
@@ -64,10 +66,10 @@ def test_digit_prior_is_a_deterministic_glyph():
 
 
 def test_bad_problem_settings_are_reported_per_key():
-    _, problems = synthetic.resolve("gaussian", {"n": 0, "noise": -1.0, "init": "ones", "digit": 3})
+    _, problems = problems_mod.resolve("gaussian", {"n": 0, "noise": -1.0, "init": "ones", "digit": 3})
     keys = {k for k, _ in problems}
     assert keys == {"n", "noise", "init", "digit"}
-    _, problems = synthetic.resolve("digit", {"d": 100})
+    _, problems = problems_mod.resolve("digit", {"d": 100})
     assert "digit glyph fixes d=784" in problems[0][1]
 
 
@@ -174,7 +176,7 @@ def test_problem_settings_are_part_of_the_run_id(tmp_path: Path):
 
 
 def test_cli_lists_problems_and_dry_runs_the_shipped_suite(capsys: pytest.CaptureFixture[str]):
-    from harness.cli import main
+    from harness.cli.main import main
 
     assert main(["ls", "models"]) == 0
     assert "synthetic:digit" in capsys.readouterr().out
@@ -205,5 +207,8 @@ def test_validator_rejects_mismatches_with_file_and_line(tmp_path: Path, text: s
 
 
 def test_recovery_methods_refuse_layers():
-    with pytest.raises(TypeError, match="does not prune layers"):
-        get_method("iht")().prune("l", torch.zeros(2, 2), None, None)
+    from harness import prune_weight
+
+    assert get_method("iht").kind == "recovery" and not hasattr(get_method("iht"), "prune")
+    with pytest.raises(ValueError, match="recovery method"):
+        prune_weight("iht", torch.zeros(2, 2))

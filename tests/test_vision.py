@@ -18,12 +18,14 @@ torch = pytest.importorskip("torch")
 timm = pytest.importorskip("timm")
 from torch import nn  # noqa: E402
 
-from harness import images, vision  # noqa: E402
-from harness.calibration import _Collector  # noqa: E402
-from harness.method import build_params, get_method  # noqa: E402
-from harness.spec import LayerSelection, ModelSpec  # noqa: E402
-from harness.sparsity import measure  # noqa: E402
-from harness.target import Target  # noqa: E402
+from harness.data import images  # noqa: E402
+from harness.drivers import vision  # noqa: E402
+from harness.drivers.hooks import StatsCollector  # noqa: E402
+from harness.core.method import build_params
+from harness.plugins import get_method  # noqa: E402
+from harness.core.spec import LayerSelection, ModelSpec  # noqa: E402
+from harness.core.sparsity import measure  # noqa: E402
+from harness.core.target import Target  # noqa: E402
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -84,7 +86,7 @@ def test_conv_hessian_from_unfold_equals_bruteforce_im2col(kind):
     h_ref = xs.T @ xs / xs.shape[0]
 
     rows = vision.conv_rows(conv)
-    collector = _Collector({"c": conv}, "hessian", {"c": rows})
+    collector = StatsCollector({"c": conv}, "hessian", {"c": rows})
     with torch.no_grad():
         conv(x)
     collector.remove()
@@ -100,7 +102,7 @@ def test_conv_hessian_from_unfold_equals_bruteforce_im2col(kind):
 def test_convs_of_one_geometry_on_one_input_share_a_hessian():
     model = tiny_resnet()
     layers, _ = vision.select_layers(model)
-    collector = _Collector(layers, "diag", vision._row_functions(layers))
+    collector = StatsCollector(layers, "diag", vision.row_functions(layers))
     with torch.no_grad():
         model(random_images(4))
     collector.remove()
@@ -110,7 +112,7 @@ def test_convs_of_one_geometry_on_one_input_share_a_hessian():
     assert len(set(collector.group_of.values())) == len(layers)
 
     twins = nn.ModuleDict({"a": nn.Conv2d(2, 3, 3, padding=1), "b": nn.Conv2d(2, 5, 3, padding=1)})
-    collector = _Collector(dict(twins.items()), "hessian", vision._row_functions(dict(twins.items())))
+    collector = StatsCollector(dict(twins.items()), "hessian", vision.row_functions(dict(twins.items())))
     x = torch.randn(1, 2, 5, 5)
     with torch.no_grad():
         twins["a"](x), twins["b"](x)
@@ -168,7 +170,7 @@ def test_stem_and_head_stay_dense_unless_layers_select_them():
 
 def test_depthwise_convs_are_skipped_with_a_logged_note(caplog):
     model = timm.create_model("test_convnext", pretrained=False).eval()
-    with caplog.at_level("INFO", logger="harness.vision"):
+    with caplog.at_level("INFO", logger="harness.drivers.vision"):
         layers, skipped = vision.select_layers(model)
     depthwise = [s for s in skipped if "groups=" in s["reason"]]
     assert depthwise and all(model.get_submodule(s["name"]).groups > 1 for s in depthwise)
@@ -208,7 +210,7 @@ def test_bn_recalibration_resets_and_reestimates_running_stats():
 
 def test_bn_recalibration_restores_the_zoo_resnet_after_magnitude_pruning():
     """Magnitude 70% without re-estimation collapses the zoo ResNet; with it most accuracy returns."""
-    from harness.models import load_vision_model
+    from harness.models.load import load_vision_model
 
     split = images.eval_split("digits")
     accuracy = {}
@@ -240,7 +242,7 @@ def test_digits_split_is_fixed_and_calibration_streams_repeat():
 
 
 def test_missing_imagenet_root_is_one_line(tmp_path, monkeypatch):
-    from harness.data import DatasetUnavailable
+    from harness.data.text import DatasetUnavailable
 
     monkeypatch.delenv(images.IMAGENET_ENV, raising=False)
     for root in (str(tmp_path / "nope"), None):
@@ -256,7 +258,7 @@ def test_missing_imagenet_root_is_one_line(tmp_path, monkeypatch):
 
 
 def test_offline_pretrained_request_fails_with_one_line(monkeypatch):
-    from harness.models import ModelUnavailable, load_vision_model
+    from harness.models.load import ModelUnavailable, load_vision_model
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelUnavailable) as info:
@@ -267,8 +269,8 @@ def test_offline_pretrained_request_fails_with_one_line(monkeypatch):
 
 
 def test_local_weights_file_and_folder_load(tmp_path):
-    from harness import zoo
-    from harness.models import is_vision, load_vision_model
+    from harness.models import zoo
+    from harness.models.load import is_vision, load_vision_model
 
     source = timm.create_model("test_resnet", pretrained=False).eval()
     file = tmp_path / "w.pth"
@@ -294,7 +296,7 @@ def write(tmp_path, text, name="suite.yaml"):
 
 
 def test_unknown_timm_model_and_tag_suggest_close_names(tmp_path):
-    from harness.suite import SuiteError, load_suite
+    from harness.suite.loader import SuiteError, load_suite
 
     path = write(tmp_path, """
         name: t
@@ -311,7 +313,7 @@ def test_unknown_timm_model_and_tag_suggest_close_names(tmp_path):
 
 
 def test_vision_suite_problems_point_at_their_lines(tmp_path):
-    from harness.suite import SuiteError, load_suite
+    from harness.suite.loader import SuiteError, load_suite
 
     path = write(tmp_path, """
         name: bad
@@ -350,7 +352,7 @@ def test_vision_suite_problems_point_at_their_lines(tmp_path):
 
 
 def test_imagenet_folder_missing_here_is_a_warning(tmp_path, monkeypatch, caplog):
-    from harness.suite import expand, load_suite
+    from harness.suite.loader import expand, load_suite
 
     monkeypatch.delenv(images.IMAGENET_ENV, raising=False)
     path = write(tmp_path, """
@@ -362,7 +364,7 @@ def test_imagenet_folder_missing_here_is_a_warning(tmp_path, monkeypatch, caplog
         evals:
           imagenet: {root: val, limit: 100}
     """)
-    with caplog.at_level("WARNING", logger="harness.suite"):
+    with caplog.at_level("WARNING", logger="harness.suite.loader"):
         suite = load_suite(path)
     assert [w.split(": ")[0] for w in suite.warnings] == [f"{path}:5", f"{path}:7"]
     assert "does not exist here" in suite.warnings[1] and caplog.records
@@ -373,13 +375,13 @@ def test_imagenet_folder_missing_here_is_a_warning(tmp_path, monkeypatch, caplog
     assert ident["calibration"] == {"dataset": "imagenet", "n_samples": 16, "seed": 0, "augment_rounds": 2,
                                     "bn_recalibration": False}
     assert ident["image_evals"] == [{"dataset": "imagenet", "limit": 100}]
-    from harness.spec import RunSpec
+    from harness.core.spec import RunSpec
 
     assert RunSpec.from_dict(ident).run_id == cell.run_id  # round trip (roots are not identity)
 
 
 def test_language_model_run_ids_gain_no_keys():
-    from harness.suite import expand, load_suite
+    from harness.suite.loader import expand, load_suite
 
     for cell in expand(load_suite("suites/smoke.yaml")):
         d = cell.to_dict()
@@ -392,7 +394,8 @@ def test_language_model_run_ids_gain_no_keys():
 
 
 def test_zoo_names_are_in_step():
-    from harness import ids, zoo
+    from harness.core import ids
+    from harness.models import zoo
 
     assert ids.LM_ZOO_NAMES == tuple(zoo.ZOO_MODELS) and ids.VISION_ZOO_NAMES == tuple(zoo.VISION_ZOO_MODELS)
     assert ids.model_kind(ids.parse_model_id("zoo:tiny-vit")) == "vision"
@@ -403,9 +406,9 @@ def test_zoo_names_are_in_step():
 
 @pytest.mark.parametrize("name", ["tiny-resnet", "tiny-vit"])
 def test_shipped_vision_checkpoint_is_complete_and_accurate(name):
-    from harness import zoo
-    from harness.models import load_vision_model
-    from harness.zoo._vision import vision_checkpoint_problem
+    from harness.models import zoo
+    from harness.models.load import load_vision_model
+    from harness.models.zoo._vision import vision_checkpoint_problem
 
     path = zoo.shipped_dir(name)
     assert vision_checkpoint_problem(path, zoo.get_vision_zoo_config(name)) is None
@@ -418,7 +421,7 @@ def test_shipped_vision_checkpoint_is_complete_and_accurate(name):
 
 
 def test_vision_build_is_byte_identical(tmp_path):
-    from harness import zoo
+    from harness.models import zoo
 
     calls = []
     a = zoo.build_model("tiny-resnet", tmp_path / "a", steps=3, progress=lambda *c: calls.append(c[:2]))
@@ -433,10 +436,10 @@ def test_vision_build_is_byte_identical(tmp_path):
 
 
 def test_zoo_vision_suite_end_to_end(tmp_path, monkeypatch):
-    from harness import zoo
-    from harness.runner import run_suite
-    from harness.store import Store
-    from harness.suite import load_suite
+    from harness.models import zoo
+    from harness.run.runner import run_suite
+    from harness.store.index import Store
+    from harness.suite.loader import load_suite
 
     monkeypatch.delenv(images.IMAGENET_ENV, raising=False)
     path = write(tmp_path, """
@@ -504,9 +507,9 @@ def test_imagenet_folder_calibration_and_eval_through_the_runner(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from harness.runner import run_suite
-    from harness.store import Store
-    from harness.suite import load_suite
+    from harness.run.runner import run_suite
+    from harness.store.index import Store
+    from harness.suite.loader import load_suite
 
     rng = np.random.default_rng(0)
     for i in range(1000):
@@ -541,9 +544,9 @@ def test_sequential_statistics_see_the_earlier_layers_pruned():
     import torch
     from torch import nn
 
-    from harness.method import PruneResult, PruningMethod
-    from harness.target import Target
-    from harness.vision import prune_vision
+    from harness.core.method import PruneResult, PruningMethod
+    from harness.core.target import Target
+    from harness.drivers.vision import prune_vision
 
     class Zeroing(PruningMethod):
         name, stats = "zeroing", "hessian"
@@ -577,9 +580,9 @@ def test_sequential_reestimates_batchnorm_before_each_later_layer():
     import torch
     from torch import nn
 
-    from harness.method import PruneResult, PruningMethod
-    from harness.target import Target
-    from harness.vision import prune_vision
+    from harness.core.method import PruneResult, PruningMethod
+    from harness.core.target import Target
+    from harness.drivers.vision import prune_vision
 
     class Scaling(PruningMethod):
         name, stats = "scaling", "hessian"
@@ -625,9 +628,9 @@ def test_agreement_and_kl_against_the_dense_logits():
 
 def test_agreement_eval_through_the_runner(tmp_path):
     """evals.digits.agreement adds agree_top1 and kl_dense: exact for dense, below 1 / above 0 once pruned."""
-    from harness.runner import run_suite
-    from harness.store import Store
-    from harness.suite import load_suite
+    from harness.run.runner import run_suite
+    from harness.store.index import Store
+    from harness.suite.loader import load_suite
 
     path = write(tmp_path, """
         name: agree
@@ -646,7 +649,7 @@ def test_agreement_eval_through_the_runner(tmp_path):
     assert rows["magnitude", "digits/agree_top1"] < 0.95 and rows["magnitude", "digits/kl_dense"] > 0.05
     # agreeing with a dense model that is right ~95% of the time bounds accuracy
     assert abs(rows["magnitude", "digits/top1"] - rows["magnitude", "digits/agree_top1"]) < 0.1
-    from harness.suite import expand
+    from harness.suite.loader import expand
 
     plain = load_suite(write(tmp_path, "name: p\nmodels: [zoo:tiny-vit]\nmethods: [dense]\nevals: {digits: {}}\n",
                              "plain.yaml"))
@@ -654,7 +657,7 @@ def test_agreement_eval_through_the_runner(tmp_path):
 
 
 def test_agreement_must_be_a_boolean(tmp_path):
-    from harness.suite import SuiteError, load_suite
+    from harness.suite.loader import SuiteError, load_suite
 
     path = write(tmp_path, """
         name: bad-agree

@@ -4,9 +4,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.global_driver import prune_model_lm
-from harness.method import ParamsError, build_params, get_method
-from harness.target import Target
+from harness.drivers.model_level import prune_model_lm
+from harness.core.method import ParamsError, build_params
+from harness.plugins import get_method
+from harness.core.target import Target
 from methods.woodfisher import (
     apply_inverse,
     layer_pass,
@@ -188,8 +189,8 @@ def test_woodfisher_through_the_runner_on_the_zoo_llama(tmp_path):
 
     from test_runner import write_suite
 
-    from harness.runner import run_suite
-    from harness.store import Store
+    from harness.run.runner import run_suite
+    from harness.store.index import Store
 
     suite = write_suite(tmp_path, """
         name: wf
@@ -220,8 +221,8 @@ def test_woodfisher_through_the_runner_on_the_zoo_llama(tmp_path):
 def test_woodfisher_on_the_zoo_resnet(tmp_path):
     from test_runner import write_suite
 
-    from harness.runner import run_suite
-    from harness.store import Store
+    from harness.run.runner import run_suite
+    from harness.store.index import Store
 
     before = torch.get_num_threads()
     torch.set_num_threads(1)  # small convolutions: one thread is faster on a busy machine

@@ -1,4 +1,4 @@
-"""Tests for the offline model zoo (harness.zoo); about 20 s on 2 CPU cores."""
+"""Tests for the offline model zoo (harness.models.zoo); about 20 s on 2 CPU cores."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-import harness.zoo as zoo
-from harness.zoo import _cache, _checkpoint, _corpus
+import harness.models.zoo as zoo
+from harness.data import corpus as _corpus
+from harness.models.zoo import _cache, _checkpoint
 
 SHIPPED = {name: _checkpoint.SHIPPED_DIR / name for name in zoo.ZOO_MODELS}
 
@@ -165,7 +166,7 @@ def test_importing_the_zoo_does_not_import_torch():
     import subprocess
     import sys
 
-    code = "import sys, harness.zoo; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, harness.models.zoo; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
 
 
@@ -173,7 +174,7 @@ def test_ensure_checkpoint_builds_into_the_cache_atomically(tmp_path, monkeypatc
     """Shipped copy unusable -> build beside the cache target and rename; a failed build leaves nothing."""
     import pytest
 
-    from harness.zoo._cache import ensure_checkpoint
+    from harness.models.zoo._cache import ensure_checkpoint
 
     monkeypatch.setenv("SPARSEBENCH_CACHE", str(tmp_path))
     problem = lambda path: None if (path / "done").is_file() else "missing done"  # noqa: E731

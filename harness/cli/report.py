@@ -1,0 +1,208 @@
+"""Terminal presentation for the CLI: rich progress and tables (renderables, no logic)."""
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Any, Callable, Iterator
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from harness.run.runner import CellResult, Reporter, cell_label
+from harness.core.spec import RunSpec
+
+
+_LOWER_IS_BETTER = ("/ppl", "perplexity", "bits_per_byte", "loss", "error", "dist", "steps_to_tol", "kl_")
+
+
+def lower_is_better(metric: str) -> bool:
+    """Perplexities, losses, errors and distances are better when smaller; the rest when larger."""
+    name = metric.rsplit("/", 1)[-1]
+    return "/ppl" in metric or any(k in name for k in _LOWER_IS_BETTER)
+
+
+def recovery(value: float | None, dense: float | None, metric: str) -> float | None:
+    """Percent of the dense model's quality kept: 100 = as good as dense (ppl: dense/value)."""
+    if value is None or dense is None:
+        return None
+    if lower_is_better(metric):
+        return None if value == 0 else 100.0 * (dense / value)
+    return None if dense == 0 else 100.0 * (value / dense)  # an accuracy of 0 keeps 0 %
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console, transient=True,
+    )
+
+
+class CliReporter(Reporter):
+    """Progress bars for zoo training, calibration/pruning and evaluation, one line per cell."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.bars = _progress(console)
+        self.tasks: dict[str, Any] = {}
+        self.prefix = ""
+        self.started: dict[str, tuple[str, float]] = {}  # run_id -> (line prefix, start time)
+
+    def __enter__(self) -> "CliReporter":
+        self.bars.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.bars.__exit__(*exc)
+
+    def plan(self, cells: list[RunSpec], skipped: int, failed: int = 0) -> None:
+        msg = f"{len(cells)} cells; {len(cells) - skipped} to run"
+        if skipped - failed:
+            msg += f", {skipped - failed} already stored (use --force to rerun)"
+        if failed:
+            msg += f", {failed} stored as failed (use --retry-failed to rerun)"
+        self.console.print(msg)
+
+    def note(self, message: str) -> None:
+        self.console.print(message, markup=False)
+
+    def cell_start(self, index: int, total: int, spec: RunSpec) -> None:
+        self.prefix = f"[{index + 1}/{total}] {cell_label(spec)}"
+        self.started[spec.run_id] = (self.prefix, time.perf_counter())
+        for task in self.tasks.values():
+            self.bars.remove_task(task)
+        self.tasks.clear()
+
+    def progress(self, task: str, done: int, total: int) -> None:
+        if task not in self.tasks:
+            self.tasks[task] = self.bars.add_task(f"{self.prefix} {task}", total=total)
+        self.bars.update(self.tasks[task], completed=done, total=total)
+
+    def cell_end(self, result: CellResult) -> None:
+        style = "green" if result.status == "ok" else "red"
+        metrics = "  ".join(f"{k}={v:.3f}" for k, v in result.metrics.items())
+        extra = f" {result.error}" if result.error else ""
+        prefix, t0 = self.started.pop(result.spec.run_id, (cell_label(result.spec), time.perf_counter()))
+        self.console.print(
+            f"{prefix} [{style}]{result.status}[/] {time.perf_counter() - t0:.1f}s {metrics}{extra}"
+        )
+
+
+@contextlib.contextmanager
+def step_progress(console: Console, description: str) -> Iterator[Callable[[int, int, float], None]]:
+    """A bar for a (step, total, loss) callback, e.g. zoo training."""
+    with _progress(console) as bars:
+        task = bars.add_task(description, total=None)
+
+        def cb(step: int, total: int, loss: float) -> None:
+            bars.update(task, completed=step, total=total, description=f"{description} loss {loss:.3f}")
+
+        yield cb
+
+
+def grid_table(suite: Any, cells: list[RunSpec]) -> Table:
+    """The expanded grid for ``--dry-run``; settings shared by every cell go in the caption."""
+    cal = suite.calibration
+    evals = [f"{p.dataset} ppl@{p.seqlen}" for p in suite.perplexity]
+    if suite.lm_eval is not None:
+        evals.append("lm-eval " + ", ".join(suite.lm_eval.tasks))
+    evals += [f"{e.dataset} top-1" for e in suite.image_evals]
+    shape = f"{cal.n_samples}x{cal.seqlen}" if cal.seqlen else f"{cal.n_samples} images"
+    caption = f"calibration {cal.dataset} {shape}; evals: {', '.join(evals) or 'none'}"
+    if suite.models and all(m.problem for m in suite.models):
+        caption = "synthetic sparse recovery: target = 1 - k/d; metrics final_dist, steps_to_tol, dist_at_10, " \
+                  "support_recall (medians over each cell's trials)"
+    t = Table(
+        title=f"{suite.name}: {len(cells)} cells",
+        caption=caption,
+        header_style="bold",
+    )
+    t.add_column("run id", no_wrap=True)
+    t.add_column("model", no_wrap=True)
+    t.add_column("method", no_wrap=True)
+    t.add_column("target", no_wrap=True)
+    t.add_column("seed")
+    t.add_column("params")
+    for c in cells:
+        params = ", ".join(f"{k}={v}" for k, v in c.params.items()) or "-"
+        t.add_row(c.short_id[:8], c.model.label, method_label(c), c.target, str(c.seed), params)
+    return t
+
+
+def summary_table(title: str, results: list[CellResult]) -> Table:
+    """Rows model x method x target; a column per headline metric, and the first metric's
+    recovery vs the dense row of the same model and seed (100% = as good as dense). A method
+    listed with several params gets a column of the params that tell its rows apart; a suite of
+    synthetic problems (no dense model) has no recovery column."""
+    metrics: list[str] = []
+    for r in results:
+        metrics += [m for m in r.metrics if m not in metrics]
+    dense = {(r.spec.model.id, r.spec.seed): r.metrics for r in results if r.spec.method == "dense"}
+    with_recovery = not all(r.spec.model.problem for r in results)
+    varying = _varying_params(results)
+    t = Table(title=title, header_style="bold")
+    for col in ("model", "method", "target"):
+        t.add_column(col, no_wrap=True)
+    if varying:
+        t.add_column("params", no_wrap=True)
+    t.add_column("status")
+    t.add_column("sparsity", justify="right")
+    for i, m in enumerate(metrics):
+        t.add_column(m.replace("/", "/\n", 1), justify="right")
+        if i == 0 and with_recovery:
+            t.add_column("vs dense", justify="right")
+    for r in results:
+        row = [r.spec.model.label, method_label(r.spec), r.spec.target]
+        if varying:
+            row.append(",".join(f"{k}={r.spec.params[k]}" for k in varying.get(r.spec.method, ())) or "-")
+        row += [r.status, f"{r.sparsity:.3f}" if r.sparsity is not None else "-"]
+        ref = dense.get((r.spec.model.id, r.spec.seed), {})
+        for i, m in enumerate(metrics):
+            row.append(_number(r.metrics.get(m)))
+            if i == 0 and with_recovery:
+                rec = recovery(r.metrics.get(m), ref.get(m), m) if r.spec.method != "dense" else None
+                row.append(f"{rec:.1f}%" if rec is not None else "-")
+        t.add_row(*row)
+    return t
+
+
+def _number(v: float | None) -> str:
+    if v is None:
+        return "-"
+    if v != 0 and abs(v) < 1e-3:
+        return f"{v:.2e}"  # distances near machine precision
+    return f"{v:.3f}" if abs(v) < 10 else f"{v:.2f}"
+
+
+def _varying_params(results: list[CellResult]) -> dict[str, list[str]]:
+    """method -> the params whose values differ between its cells (empty when none differ)."""
+    seen: dict[str, dict[str, set]] = {}
+    for r in results:
+        for k, v in r.spec.params.items():
+            seen.setdefault(r.spec.method, {}).setdefault(k, set()).add(repr(v))
+    out = {m: [k for k, vals in ps.items() if len(vals) > 1] for m, ps in seen.items()}
+    return {m: ks for m, ks in out.items() if ks}
+
+
+def results_table(store: Any, suite: str | None) -> Table:
+    """The stored `results` view, pivoted: one row per run, one column per metric."""
+    where, params = ("WHERE suite = ?", [suite]) if suite else ("", [])
+    rows = store.query(
+        f"SELECT suite, model, method, target, status, metric, value FROM results {where} "
+        "ORDER BY suite, model, method, target, metric", params,
+    )
+    metrics = sorted({r[5] for r in rows if r[5] is not None})
+    runs: dict[tuple, dict] = {}
+    for s, model, method, target, status, metric, value in rows:
+        runs.setdefault((s, model, method, target, status), {})[metric] = value
+    t = Table(header_style="bold")
+    for col in ("suite", "model", "method", "target", "status", *metrics):
+        t.add_column(col)
+    for key, vals in runs.items():
+        t.add_row(*key, *(f"{vals[m]:.3f}" if vals.get(m) is not None else "-" for m in metrics))
+    return t
+
+
+def method_label(spec: Any) -> str:
+    """The method as tables show it: ``wanda +owl`` when a sparsity profile is set."""
+    return f"{spec.method} +{spec.profile.name}" if spec.profile is not None else spec.method

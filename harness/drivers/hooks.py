@@ -1,0 +1,165 @@
+"""The pieces of the prune loop that every model family shares: statistics hooks and one layer's step.
+
+- :class:`StatsCollector`: forward hooks that gather X^T X / n (or its diagonal, or I-OBS's
+  cross-moment) per distinct input, so layers that read one tensor share one Hessian.
+- :func:`prune_layer`: call a :class:`~harness.core.method.LayerMethod` on one layer's weight
+  as (d_out, d_in), check the result, write it back and report it.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from harness.core.method import LayerMethod, LayerReport, LayerStats
+from harness.core.target import Target
+
+
+class NumericalError(RuntimeError):
+    """Non-finite activations or statistics: the cell fails instead of storing garbage."""
+
+
+def to_device(obj: Any, device: torch.device) -> Any:
+    """Move tensors inside args/kwargs (tuples, lists, dicts) to ``device``; others unchanged."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(to_device(o, device) for o in obj)
+    if isinstance(obj, dict):
+        return {k: to_device(v, device) for k, v in obj.items()}
+    return obj
+
+
+class StatsCollector:
+    """Forward hooks that gather X^T X (or only its diagonal) per distinct input.
+
+    ``inputs`` optionally maps a layer name to a function that turns the layer's input tensor
+    into the rows its (d_out, d_in) weight multiplies, (rows, d_in); the default flattens all
+    but the last dimension (Linear). The vision driver passes unfolded patches for Conv2d.
+    Layers share one accumulator when they read the same tensor through the same function
+    (q/k/v and gate/up; two convolutions of one geometry on one input).
+
+    In ``"cross"`` mode every calibration batch is replayed twice: first with ``phase =
+    "dense"`` (the block holding its dense weights; each layer's input rows are kept), then
+    with ``phase = "sparse"``, which accumulates X_s^T X_s and the cross-moment X_d^T X_s.
+    """
+
+    def __init__(self, layers: dict[str, nn.Module], mode: str,
+                 inputs: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None) -> None:
+        self.mode = mode  # "diag", "hessian" or "cross"
+        self.inputs = dict(inputs or {})
+        self.phase = "sparse"
+        self.group_of: dict[str, int] = {}  # layer name -> accumulator index, in order of first use
+        self.acc: list[torch.Tensor] = []
+        self.cross: list[torch.Tensor] = []
+        self.count: list[int] = []
+        # inputs of the current forward, kept alive so that ``is`` cannot match a recycled tensor
+        self._seen: list[tuple[torch.Tensor, Callable | None, int]] = []
+        self._dense: dict[str, torch.Tensor] = {}  # layer name -> dense input rows of this batch
+        self._handles = [m.register_forward_hook(self._hook(n)) for n, m in layers.items()]
+
+    def _rows(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        to_rows = self.inputs.get(name)
+        x = x.detach()
+        return (to_rows(x) if to_rows is not None else x.reshape(-1, x.shape[-1])).float()  # (rows, d_in)
+
+    def _hook(self, name: str) -> Callable:
+        def hook(module: nn.Module, inputs: tuple, output: Any) -> None:
+            x = inputs[0]
+            if self.phase == "dense":
+                self._dense[name] = self._rows(name, x)
+                return
+            to_rows = self.inputs.get(name)
+            for seen, seen_fn, gid in self._seen:  # same tensor, same transform: shared input
+                if seen is x and seen_fn is to_rows:
+                    self.group_of.setdefault(name, gid)
+                    return
+            flat = self._rows(name, x)
+            gid = self.group_of.get(name)
+            if gid is None:
+                gid = len(self.acc)
+                d = flat.shape[1]
+                shape = (d,) if self.mode == "diag" else (d, d)
+                self.acc.append(torch.zeros(shape, dtype=torch.float32, device=x.device))
+                if self.mode == "cross":
+                    self.cross.append(torch.zeros(shape, dtype=torch.float32, device=x.device))
+                self.count.append(0)
+                self.group_of[name] = gid
+            self._seen.append((x, to_rows, gid))
+            if not torch.isfinite(flat).all():
+                raise NumericalError(f"non-finite calibration activations entering {name}")
+            if self.mode == "diag":
+                self.acc[gid] += (flat * flat).sum(0)
+            else:
+                self.acc[gid].addmm_(flat.T, flat)
+            if self.mode == "cross":
+                dense = self._dense.get(name)
+                if dense is None or dense.shape != flat.shape:
+                    raise RuntimeError(f"{name}: no matching dense input for the cross-moment")
+                self.cross[gid].addmm_(dense.T, flat)
+            self.count[gid] += flat.shape[0]
+
+        return hook
+
+    def end_forward(self) -> None:
+        self._seen.clear()
+        self._dense.clear()
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+    def groups(self) -> list[list[str]]:
+        """Layer names grouped by shared input, in the order the forward pass first used them."""
+        out: dict[int, list[str]] = {}
+        for name, gid in sorted(self.group_of.items(), key=lambda kv: kv[1]):
+            out.setdefault(gid, []).append(name)
+        return list(out.values())
+
+    def stats(self, name: str) -> LayerStats:
+        gid = self.group_of[name]
+        n = max(self.count[gid], 1)
+        mat = self.acc[gid] / n
+        if self.mode == "diag":
+            return LayerStats(diag=mat, n=n)
+        stats = LayerStats.from_hessian(mat, n=n)
+        if self.mode == "cross":
+            stats.cross = self.cross[gid] / n
+        return stats
+
+
+def relative_error(w_old: torch.Tensor, w_new: torch.Tensor, hessian: torch.Tensor) -> float:
+    """||(W - W')X||^2 / ||WX||^2 = tr(dW H dW^T) / tr(W H W^T) with H = X^T X / n."""
+    w = w_old.float()
+    dw = w - w_new.float()
+    num = ((dw @ hessian) * dw).sum()
+    den = ((w @ hessian) * w).sum()
+    return float(num / den) if float(den) > 0 else 0.0
+
+
+def prune_layer(method: LayerMethod, name: str, mod: nn.Module, stats: LayerStats | None, target: Target,
+               block: int) -> LayerReport:
+    """Prune one layer in place and report it (error measured on the layer's calibration inputs).
+
+    The method sees the weight as (d_out, d_in): a Conv2d kernel (C_out, C_in, k_h, k_w) is
+    flattened C_in-major, the layout of its unfolded input patches, and its shape is noted.
+    """
+    t0 = time.perf_counter()
+    old = mod.weight.data
+    w = old.reshape(old.shape[0], -1)  # (d_out, d_in); a view
+    result = method.prune(name, w, stats, target)
+    new = result.weight.to(old.dtype)
+    if not torch.isfinite(new).all():
+        raise NumericalError(f"{method.name} produced non-finite weights in {name}")
+    err = None
+    if stats is not None and stats.hessian is not None:
+        err = relative_error(w, new, stats.hessian)
+    elif not method.modifies_weights:
+        err = 0.0
+    rows, cols = w.shape
+    if new is not w:
+        old.copy_(new.reshape(old.shape))
+    info = result.info if old.dim() == 2 else {**result.info, "shape": list(old.shape)}
+    return LayerReport(name, block, rows, cols, err, time.perf_counter() - t0, info)

@@ -1,0 +1,54 @@
+"""Method discovery: the built-in ``methods`` package, then every installed plugin.
+
+Plugins register through the entry-point group ``sparsebench.methods`` (see the README's
+"Write a method"). This module sits above ``harness.core`` and ``methods``: the contract
+never imports an implementation.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+
+from harness.core.method import METHODS, PruningMethod
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "sparsebench.methods"
+
+_discovered = False
+
+
+def discover() -> None:
+    """Import the built-in methods, then every ``sparsebench.methods`` entry point.
+
+    A plugin that fails to import raises: a silently missing method would make a suite
+    look valid on one machine and not on another.
+    """
+    global _discovered
+    if _discovered:
+        return
+    importlib.import_module("methods")
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        dist = f"{ep.dist.name}=={ep.dist.version}" if ep.dist else "unknown"
+        if ep.name in METHODS and METHODS.entry(ep.name).origin == dist:
+            continue
+        cls = ep.load()
+        if ep.name not in METHODS:  # a plugin module may already register itself on import
+            METHODS.register(ep.name, cls, origin=dist)
+            cls.name = ep.name
+        log.debug("plugin method %s from %s", ep.name, dist)
+    _discovered = True
+
+
+def get_method(name: str) -> type[PruningMethod]:
+    """The registered method class ``name`` (built-ins and plugins); did-you-mean on a miss."""
+    discover()
+    return METHODS.get(name)
+
+
+def list_methods() -> list[str]:
+    """Every registered method name, sorted."""
+    discover()
+    return METHODS.names()
