@@ -7,6 +7,7 @@ import platform
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 
 def _table(title: str, rows: list[dict], cols: list[str]):
@@ -51,7 +52,8 @@ def _shapes(text: str) -> list[tuple[int, int]]:
     return shapes
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    """The command line, checked (unknown e2e models, CUDA asked for where there is none)."""
     from benchmarks.e2e import CONFIGS
 
     p = argparse.ArgumentParser(prog="python -m benchmarks")
@@ -81,11 +83,42 @@ def main(argv: list[str] | None = None) -> int:
 
         if not torch.cuda.is_available():
             p.error(f"--device {args.device}: CUDA is not available here (torch {torch.__version__}); use --device cpu")
+    return args
 
+
+def _e2e(args: argparse.Namespace, result: dict, console: Any) -> None:
+    """The end-to-end runs (random weights, real shapes) and their tables."""
+    from benchmarks import e2e
+
+    cuda = args.device.startswith("cuda")
+    names = args.e2e_models.split(",") if args.e2e_models else (["opt-125m"] if args.quick else ["opt-1.3b"])
+    if args.big and "llama-2-7b" not in names:
+        names.append("llama-2-7b")
+    runs = []
+    for name in names:
+        default = (128, 2048) if (name == "llama-2-7b" and cuda) else (2, 128) if name == "llama-2-7b" else (
+            (8, 128) if args.quick else (8, 256))
+        runs.append((name, *(args.calib or default)))
+    result["e2e"] = [e2e.run(name, args.e2e_method, n, s, args.device, "float16" if cuda else "float32")
+                     for name, n, s in runs]
+    console.print(_table(f"end to end ({args.e2e_method} 50%, random weights, real shapes)", result["e2e"],
+                         ["model", "device", "calibration", "prune_s", "model_bytes", "peak_rss_bytes",
+                          "peak_rss_x_model", "peak_rss_over_baseline_x_model", "ppl_eval_s", "bare_forward_s", "ppl_x_bare"]))
+    for res in result["e2e"]:
+        kinds = [{"kind": k, **v} for k, v in res["layer_time_by_kind"].items()]
+        console.print(_table(f"{res['model']} {res['method']}: per-layer prune time by kind", kinds,
+                             ["kind", "layers", "total_s", "max_s", "mean_rel_error"]))
+    if cuda:
+        console.print(_table("end to end on CUDA", result["e2e"], ["model", "method", "calibration", "prune_s",
+                                                                 "model_bytes", "peak_cuda_bytes"]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
     import torch
     from rich.console import Console
 
-    from benchmarks import e2e, layers
+    from benchmarks import layers
     from benchmarks._timing import sgemm_gflops
 
     console = Console(width=160)
@@ -118,27 +151,7 @@ def main(argv: list[str] | None = None) -> int:
                              ["shape", "hessian_s", "hessian_x_floor", "inverse_s", "inverse_x_floor", "sweep_s",
                               "sweep_gemm_floor_s", "sweep_x_floor"]))
     if "e2e" in only:
-        cuda = args.device.startswith("cuda")
-        names = args.e2e_models.split(",") if args.e2e_models else (["opt-125m"] if args.quick else ["opt-1.3b"])
-        if args.big and "llama-2-7b" not in names:
-            names.append("llama-2-7b")
-        runs = []
-        for name in names:
-            default = (128, 2048) if (name == "llama-2-7b" and cuda) else (2, 128) if name == "llama-2-7b" else (
-                (8, 128) if args.quick else (8, 256))
-            runs.append((name, *(args.calib or default)))
-        result["e2e"] = [e2e.run(name, args.e2e_method, n, s, args.device, "float16" if cuda else "float32")
-                         for name, n, s in runs]
-        console.print(_table(f"end to end ({args.e2e_method} 50%, random weights, real shapes)", result["e2e"],
-                             ["model", "device", "calibration", "prune_s", "model_bytes", "peak_rss_bytes",
-                              "peak_rss_x_model", "peak_rss_over_baseline_x_model", "ppl_eval_s", "bare_forward_s", "ppl_x_bare"]))
-        for res in result["e2e"]:
-            kinds = [{"kind": k, **v} for k, v in res["layer_time_by_kind"].items()]
-            console.print(_table(f"{res['model']} {res['method']}: per-layer prune time by kind", kinds,
-                                 ["kind", "layers", "total_s", "max_s", "mean_rel_error"]))
-        if cuda:
-            console.print(_table("end to end on CUDA", result["e2e"], ["model", "method", "calibration", "prune_s",
-                                                                     "model_bytes", "peak_cuda_bytes"]))
+        _e2e(args, result, console)
     out = Path(args.out) if args.out else Path(__file__).parent / "results" / f"{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))

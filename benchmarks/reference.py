@@ -1,4 +1,4 @@
-"""Plain reference implementations, written from ``../shared/algorithms.md`` §2-7 as directly as
+"""Plain reference implementations, written from the papers' pseudocode as directly as
 possible (no vectorisation beyond what the text says): magnitude, Wanda, SparseGPT, ExactOBS,
 the I-OBS Newton point and WoodFisher's per-block Fisher inverse. Benchmarks time the project's
 methods against these in the same run and check that the masks are identical.

@@ -20,7 +20,6 @@ class Dense(LayerMethod):
         pass
 
     stats = "none"
-    needs_calibration = False
     modifies_weights = False
 
     def prune(self, name: str, weight, stats: LayerStats | None, target: Target) -> PruneResult:

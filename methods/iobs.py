@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
-from harness.core.context import ModelContext, swap_weights
+from harness.core.context import ModelContext
 from harness.core.lazy import torch
 from harness.core.method import LayerMethod, LayerReport, LayerStats, ModelMethod, PruneResult, register_method
 from harness.core.target import Target
+from methods._iobs_rounds import IterationLog, dense_copy, global_gradients, mean_token_loss, run_rounds
 
 # measured best on the zoo models (README, I-OBS); fisher on the zoo Llama at 50% (README, I-OBS): η 0.01 lowered the
 # validation loss after woodfisher, η 0.05 raised it
@@ -223,71 +224,6 @@ class IOBSRound(LayerMethod):
         return PruneResult(w.to(weight.dtype), {**info, "newton_rel_step": step})
 
 
-@dataclass
-class IterationLog:
-    """What the rounds did: validation loss per round (index 0 = round 1), the round kept."""
-
-    val_loss: list[float] = field(default_factory=list)
-    round_time_s: list[float] = field(default_factory=list)
-    chosen: int = 0  # 1-based round whose weights the model keeps
-    stopped_early: bool = False
-
-
-def mean_token_loss(model: Any, batches: list, device: Any) -> float:
-    """Mean next-token cross-entropy over every prediction in ``batches`` (validation score)."""
-    import torch.nn.functional as F
-
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for ids in batches:
-            ids = ids.to(device)
-            logits = model(input_ids=ids, use_cache=False).logits[:, :-1].float()
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="sum")
-            total, count = total + float(loss), count + ids[:, 1:].numel()
-    return total / max(count, 1)
-
-
-def global_gradients(model: Any, batches: list, layers: dict[str, Any], dense: dict[str, "torch.Tensor"], loss: str,
-                     device: Any) -> dict[str, "torch.Tensor"]:
-    """Gradient of the mean-token calibration loss w.r.t. each prunable weight (name -> CPU tensor).
-
-    ``kl_dense`` is KL(p_dense || p_θ) per position (the dense logits come from the same model
-    with the dense weights swapped in); ``ce`` is next-token cross-entropy.
-    """
-    import torch.nn.functional as F
-
-    flags = {n: p.requires_grad for n, p in model.named_parameters()}
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for mod in layers.values():
-        mod.weight.requires_grad_(True)
-        mod.weight.grad = None
-    positions = sum(ids.numel() if loss == "kl_dense" else ids[:, 1:].numel() for ids in batches)
-    try:
-        for ids in batches:
-            ids = ids.to(device)
-            if loss == "kl_dense":
-                with torch.no_grad(), swap_weights(layers, dense):
-                    ref = F.log_softmax(model(input_ids=ids, use_cache=False).logits.float(), -1)
-                logp = F.log_softmax(model(input_ids=ids, use_cache=False).logits.float(), -1)
-                value = (ref.exp() * (ref - logp)).sum() / positions
-            else:
-                logits = model(input_ids=ids, use_cache=False).logits[:, :-1].float()
-                value = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
-                                        reduction="sum") / positions
-            value.backward()
-        return {n: mod.weight.grad.detach().cpu().clone() for n, mod in layers.items()}
-    finally:
-        for n, p in model.named_parameters():
-            p.grad = None
-            p.requires_grad_(flags[n])
-
-
-def dense_copy(ctx: ModelContext) -> dict[str, "torch.Tensor"]:
-    """Every prunable layer's current weight, copied to the CPU (the dense model, before round 1)."""
-    return {n: m.weight.detach().to("cpu", copy=True) for n, m in ctx.layers.items()}
-
-
 def prune_iterative(ctx: ModelContext, p: Any, target: Target, batches: list, val_batches: list
                     ) -> tuple[list[LayerReport], IterationLog]:
     """Run I-OBS(T) on a causal LM in place; return the kept round's layer reports and the log.
@@ -314,7 +250,7 @@ def prune_iterative(ctx: ModelContext, p: Any, target: Target, batches: list, va
         ctx.model.to("cpu")
         return val
 
-    return _rounds(p, run_round, score, ctx.layers, bool(val_batches))
+    return run_rounds(p, run_round, score, ctx.layers, bool(val_batches))
 
 
 def _rounds(p: Any, run_round: Callable[[int], list], score: Callable[[], float], layers: dict[str, Any],
@@ -413,5 +349,5 @@ def prune_fisher(ctx: ModelContext, p: Any, target: Target, batches: list, val_b
         ctx.report("iobs rounds", t, p.iterations)
         return reports
 
-    return _rounds(p, run_round, lambda: mean_token_loss(ctx.model, val_batches, ctx.device), ctx.layers,
+    return run_rounds(p, run_round, lambda: mean_token_loss(ctx.model, val_batches, ctx.device), ctx.layers,
                    bool(val_batches))

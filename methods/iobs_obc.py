@@ -1,7 +1,7 @@
 """``iobs_obc``: I-OBS with a greedy ExactOBS (OBC) projection, on ``synthetic:`` problems.
 
-Wu et al., "The Iterative Optimal Brain Surgeon", NeurIPS 2024, https://arxiv.org/abs/2408.17163;
-``../shared/algorithms.md`` §7.3 variant 2. Each step takes the Newton point
+Wu et al., "The Iterative Optimal Brain Surgeon", NeurIPS 2024, https://arxiv.org/abs/2408.17163,
+variant 2. Each step takes the Newton point
 θ̃ = θ_t − η·C⁻¹∇f(θ_t) and removes d − k weights by greedy OBS under C⁻¹ (least θ_j²/[C⁻¹]_jj
 first, remaining weights compensated, j dropped from C⁻¹), which approximates the I-OBS step
 argmin_{‖θ‖₀≤k} (θ − θ̃)ᵀC(θ − θ̃). ``mask_from: current, compensate: false`` is the authors'

@@ -51,7 +51,6 @@ class Magnitude(LayerMethod):
         scope: Literal["layer", "global"] = "layer"  # one threshold per matrix, or one over all prunable layers
 
     stats = "none"
-    needs_calibration = False
 
     def __init__(self, params=None) -> None:
         super().__init__(params)

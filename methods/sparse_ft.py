@@ -1,8 +1,8 @@
 """``sparse_ft``: prune with another method, then masked fine-tuning towards the dense model.
 
 A **fine-tuning** method, not one-shot pruning: the leaderboard labels it so
-(``category = "fine-tuning"``). ``../shared/algorithms.md`` §7.4 item 5 and
-``../shared/iobs-experiment.md`` Q2 (ii): prune with ``init`` (any registered method, default
+(``category = "fine-tuning"``), the baseline I-OBS is compared against (README, I-OBS and OWL):
+prune with ``init`` (any registered method, default
 SparseGPT), then train the pruned layers' weights with Adam on the KL divergence from the dense
 model's predictions (or on cross-entropy), the gradient and the weights masked so the sparsity
 pattern of ``init`` is kept exactly. The last ``val_samples`` calibration samples are held out

@@ -5,7 +5,7 @@ https://arxiv.org/abs/2408.17163 (synthetic code: DiyuanWu/woodtaylor_simulation
 Each step takes the Newton point θ̃ = θ_t − η·C⁻¹∇f(θ_t) and keeps its k largest magnitudes.
 With ``refit: true`` the kept weights are then re-fitted by the multi-weight OBS update on the
 pruned set P, θ̃ − C⁻¹E_Pᵀ([C⁻¹]_PP)⁻¹θ̃_P (the H-norm projection onto the top-k support,
-``../shared/algorithms.md`` §7.3 variant 1). C and η follow ``step`` (see ``methods._recovery``).
+Wu et al., NeurIPS 2024, variant 1). C and η follow ``step`` (see ``methods._recovery``).
 
 Example:
     methods:

@@ -2,7 +2,7 @@
 
 Singh & Alistarh, "WoodFisher: Efficient Second-Order Approximation for Neural Network
 Compression", NeurIPS 2020, https://arxiv.org/abs/2004.14340 (reference: IST-DASLab/WoodFisher
-``pruners/woodfisherblock.py``; ``../shared/algorithms.md`` §6). A model-level method: it needs
+``pruners/woodfisherblock.py``). A model-level method: it needs
 gradients of the model's loss, not one layer's inputs.
 
 - m = ``num_grads`` gradients g_i of the calibration loss, each averaged over ``grad_batch``

@@ -104,7 +104,7 @@ def slurm_die_on_magnitude(spec, suite_text, db_path, device) -> str:
 def slurm_marker_or_die(spec, suite_text, db_path, device) -> str:
     """A submitit task that loads no model: dense cells write a record marked as written by the
     task (as failed, so it is never taken for a result), magnitude cells SIGKILL themselves."""
-    from harness.run.runner import new_record
+    from harness.run.cell import new_record
 
     if spec.method == "magnitude":
         os.kill(os.getpid(), signal.SIGKILL)

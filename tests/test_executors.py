@@ -21,7 +21,9 @@ from scale_helpers import (
 )
 
 from harness.run.executors import ExecutorError, LocalExecutor, _slots, describe_exit
-from harness.run.runner import Reporter, new_record, run_suite
+from harness.run.cell import new_record
+from harness.run.reporter import Reporter
+from harness.run.runner import run_suite
 from harness.store.index import Store
 from harness.suite.loader import load_suite
 

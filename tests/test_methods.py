@@ -186,7 +186,7 @@ def test_dead_inputs_overshoot_the_target_and_the_failed_cell_says_why():
     from harness.core.method import LayerReport
     from harness.core.method import build_params
     from harness.plugins import get_method
-    from harness.run.runner import _record_sparsity
+    from harness.run.cell import record_sparsity
     from methods.sparsegpt import sparsegpt_prune
 
     g = torch.Generator().manual_seed(0)
@@ -204,6 +204,6 @@ def test_dead_inputs_overshoot_the_target_and_the_failed_cell_says_why():
     record = {"layers": []}
     with pytest.raises(ValueError) as err:
         cls = get_method("sparsegpt")
-        _record_sparsity(record, model, [report], cls(build_params(cls, {})), Target.parse("0.3"))
+        record_sparsity(record, model, [report], cls(build_params(cls, {})), Target.parse("0.3"))
     msg = str(err.value)
     assert "misses target 0.3" in msg and "40 of its 64 inputs were zero on every calibration sample" in msg

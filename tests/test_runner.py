@@ -6,7 +6,8 @@ import textwrap
 
 import pytest
 
-from harness.run.runner import Reporter, run_suite
+from harness.run.reporter import Reporter
+from harness.run.runner import run_suite
 from harness.store.index import Store
 from harness.suite.loader import load_suite
 

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from torch import nn
 
 Progress = Callable[[str, int, int], None]  # (task, done, total)
-RunMethod = Callable[..., "list[LayerReport]"]  # (method, target, progress=None) -> reports
+RunMethod = Callable[..., list[LayerReport]]  # (method, target, progress=None) -> reports
 
 
 @contextmanager

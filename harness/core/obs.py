@@ -1,7 +1,7 @@
 """Closed-form Optimal Brain Surgeon for one row: the formulas every second-order method uses.
 
 For a row w with loss L(w + δ) - L(w) = ½ δᵀ H δ, removing the set P of weights optimally gives
-δ = -H⁻¹ E_Pᵀ ([H⁻¹]_PP)⁻¹ w_P with loss ½ w_Pᵀ ([H⁻¹]_PP)⁻¹ w_P (``../shared/algorithms.md`` §1).
+δ = -H⁻¹ E_Pᵀ ([H⁻¹]_PP)⁻¹ w_P with loss ½ w_Pᵀ ([H⁻¹]_PP)⁻¹ w_P (Hassibi & Stork, 1993; Frantar & Alistarh, 2022).
 """
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import difflib
 import logging
 from dataclasses import dataclass
-from typing import Callable, Generic, Iterator, TypeVar
+from typing import Generic, Iterator, TypeVar
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +67,6 @@ class Registry(Generic[T]):
             )
         self._entries[name] = Entry(name, obj, origin)
         return obj
-
-    def decorator(self, name: str, origin: str = "builtin") -> Callable[[T], T]:
-        def wrap(obj: T) -> T:
-            return self.register(name, obj, origin)
-
-        return wrap
 
     def get(self, name: str) -> T:
         try:

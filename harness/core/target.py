@@ -67,9 +67,3 @@ class Target:
         if self.is_nm:
             return f"{self.n}:{self.m}"
         return format(self.sparsity, "g")
-
-    def to_json(self) -> str | float:
-        return str(self) if self.is_nm else self.sparsity
-
-
-DENSE = Target(0.0)

@@ -16,7 +16,7 @@ Three datasets, all read as PIL images and preprocessed by each model's own data
   calibration ``train/``; the roots come from the suite or ``$SPARSEBENCH_IMAGENET``
   (the ImageNet folder holding ``train/`` and ``val/``).
 
-Calibration follows OBC (``../shared/algorithms.md`` §9): ``n_samples`` training images drawn
+Calibration follows OBC (Frantar & Alistarh, NeurIPS 2022): ``n_samples`` training images drawn
 with ``random.Random(seed)``; with ``augment_rounds = R > 0`` the stream holds R randomly
 augmented copies of each (RandomResizedCrop, plus a horizontal flip for ImageNet), with
 ``R = 0`` each image once through the evaluation transform. All randomness comes from local

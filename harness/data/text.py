@@ -1,7 +1,7 @@
 """Named datasets: calibration samplers and perplexity test streams (images: ``harness.data.images``).
 
 ``pydoc`` is the zoo's held-out English text (offline, shipped snapshot). ``wikitext2`` and
-``c4`` follow the SparseGPT/Wanda loaders (``../shared/algorithms.md`` §9): the whole test
+``c4`` follow the SparseGPT/Wanda loaders (their ``datautils.py``): the whole test
 split joined and tokenized once; calibration windows drawn with ``random.Random(seed)``.
 Seeding uses local generators only; the global RNG is never touched.
 """
@@ -73,9 +73,9 @@ def _c4(split: str) -> Any:
 
 
 def _pydoc(split: str) -> str:
-    from harness.models import zoo
+    from harness.data.corpus import corpus_documents
 
-    return "\n\n".join(zoo.corpus_documents(split))
+    return "\n\n".join(corpus_documents(split))
 
 
 def _encode(tokenizer: Any, text: str) -> Any:

@@ -1,6 +1,6 @@
 """Executors: where a suite's cells run.
 
-Every executor runs :func:`harness.run.runner.run_cell` for each cell, writes the record to the
+Every executor runs :func:`harness.run.cell.run_cell` for each cell, writes the record to the
 cell's run directory (atomically) and hands it to ``Batch.finish``, which the runner uses to
 index it in DuckDB. Only the process that called :func:`harness.run.runner.run_suite` touches
 DuckDB; workers and cluster jobs only write run directories.
@@ -49,7 +49,7 @@ class Batch:
     suite_text: str  # stored in every record
     device: str | None  # None: cuda when available, else cpu
     store: Any  # harness.store.index.Store; executors use write_record and run_dir only
-    reporter: Any  # harness.run.runner.Reporter
+    reporter: Any  # harness.run.reporter.Reporter
     stop: threading.Event  # set: start no more cells
     finish: Callable[[dict[str, Any]], None]  # called in this process with each written record
 
@@ -57,10 +57,10 @@ class Batch:
 def failed_record(spec: RunSpec, batch: Batch, device: str, error: str, tb: str | None = None) -> dict[str, Any]:
     """The record of a cell whose run ended outside ``run_cell`` (its worker or job died)."""
     from harness.run.env import environment
-    from harness.run.runner import _now, new_record
+    from harness.run.cell import new_record, now
 
     record = new_record(spec, batch.suite_text, device=device, env=environment(device))
-    record.update(error=error, traceback=tb, finished_at=_now(), wall_time_s=0.0)
+    record.update(error=error, traceback=tb, finished_at=now(), wall_time_s=0.0)
     return record
 
 
@@ -88,7 +88,7 @@ class InlineExecutor:
 
     def run(self, batch: Batch) -> None:
         from harness.run.env import environment
-        from harness.run.runner import default_device, run_cell
+        from harness.run.cell import default_device, run_cell
 
         device = batch.device or default_device()
         env = environment(device)
@@ -125,7 +125,7 @@ class _ProgressPipe:
 def run_and_write(spec: RunSpec, suite_text: str, store: Any, device: str, env: dict[str, Any],
                   caches: dict[str, dict], reporter: Any) -> str:
     """What a worker does with one cell: run it and write its record; returns the status."""
-    from harness.run.runner import run_cell
+    from harness.run.cell import run_cell
 
     record = run_cell(spec, suite_text, device=device, env=env, caches=caches, reporter=reporter)
     store.write_record(record)

@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 def slurm_cell(spec: RunSpec, suite_text: str, db_path: str, device: str) -> str:
     """One array task: run the cell, write its record (never the database); return the status."""
     from harness.run.env import environment
-    from harness.run.runner import Reporter, run_cell
+    from harness.run.cell import run_cell
+    from harness.run.reporter import Reporter
     from harness.store.index import Store
 
     caches: dict[str, dict] = {"calibration": {}, "tokens": {}}

@@ -1,6 +1,6 @@
 """``synthetic:`` models: sparse linear regression problems solved by ``iht``, ``topk_iobs``, ``iobs_obc``.
 
-The authors' synthetic experiment of I-OBS (``../shared/algorithms.md`` §7.2, §7.4 item 1):
+The authors' synthetic experiment of I-OBS (Wu et al., NeurIPS 2024, §7.2, with the authors' step convention):
 y = Xθ* + σε with X = randn(n, d)/√n, θ* k*-sparse, and min (1/n)‖Xθ − y‖² s.t. ‖θ‖₀ ≤ k.
 
 - ``synthetic:gaussian``: θ* has k* standard-normal entries on a random support
@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from harness.core.problems import defaults, glyph
+from harness.core.problems import glyph
 
 SMALL_D = 256  # up to this d a cell solves on one thread
 FIXED_POINT_RTOL = 1e-14  # an update moving no entry by more than this (relative) is a fixed point

@@ -135,7 +135,7 @@ def wiki_items(documents: list[str]) -> list[dict[str, Any]]:
 
 def build(seed: int = SEED) -> dict[str, list[dict[str, Any]]]:
     """Every task's items, built from the corpus snapshot's ``test`` split."""
-    from harness.models.zoo import corpus_documents
+    from harness.data.corpus import corpus_documents
 
     docs = corpus_documents("test")
     sents = sentences(docs)
@@ -150,7 +150,7 @@ def jsonl(items: list[dict[str, Any]]) -> str:
 
 def manifest(files: dict[str, str], seed: int = SEED) -> str:
     """Provenance of the data files: corpus hash, seed, item counts and file hashes."""
-    from harness.models.zoo import corpus_sha256
+    from harness.data.corpus import corpus_sha256
 
     body = {
         "corpus_sha256": corpus_sha256(), "split": "test", "seed": seed,

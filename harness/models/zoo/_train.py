@@ -180,9 +180,7 @@ def build_model(
     Raises:
         UnknownZooModelError: If ``name`` is not a zoo model.
     """
-    import tokenizers
     import torch
-    import transformers
 
     cfg = get_zoo_config(name)
     steps = cfg.steps if steps is None else steps
@@ -207,14 +205,30 @@ def build_model(
     with _quiet_progress_bars():
         model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    manifest: dict[str, Any] = {
+    manifest = _manifest(name, cfg, model, steps, corpus_sha, len(stream), final_loss, test_ppl, test_windows,
+                         val_ppl, out_dir)
+    write_manifest(out_dir, manifest)
+    logger.info(
+        "%s: built in %.1f s, test ppl %.2f -> %s", name, time.perf_counter() - t0, test_ppl, out_dir
+    )
+    return out_dir
+
+
+def _manifest(name: str, cfg: ZooConfig, model: Any, steps: int, corpus_sha: str, train_tokens: int,
+              final_loss: float, test_ppl: float, test_windows: int, val_ppl: float, out_dir: Path) -> dict[str, Any]:
+    """The checkpoint's ``zoo.json``: what was trained on what, and how well."""
+    import tokenizers
+    import torch
+    import transformers
+
+    return {
         "name": name,
         "model_type": cfg.model_type,
         "steps": steps,
         "seed": cfg.seed,
         "num_parameters": model.num_parameters(),
         "corpus_sha256": corpus_sha,
-        "train_tokens": len(stream),
+        "train_tokens": train_tokens,
         "final_train_loss": round(final_loss, 6),
         "test_ppl": round(test_ppl, 4),
         "test_ppl_protocol": f"non-overlapping {cfg.seq_len}-token windows over the test "
@@ -231,8 +245,3 @@ def build_model(
         },
         "num_threads": torch.get_num_threads(),  # CPU results depend on it
     }
-    write_manifest(out_dir, manifest)
-    logger.info(
-        "%s: built in %.1f s, test ppl %.2f -> %s", name, time.perf_counter() - t0, test_ppl, out_dir
-    )
-    return out_dir

@@ -1,0 +1,33 @@
+"""What a run reports back: one result per cell, and the progress sink the CLI implements."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from harness.core.spec import RunSpec
+
+
+@dataclass
+class CellResult:
+    spec: RunSpec
+    status: str  # "ok", "failed", "skipped" (already stored as ok) or "not run" (stopped first)
+    metrics: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+    sparsity: float | None = None
+    wall_time_s: float = 0.0
+    stored: bool = False  # from an earlier run, not run now
+
+
+class Reporter:
+    """Progress sink. The library calls it; the CLI implements it with rich. Default: silent."""
+
+    def plan(self, cells: list[RunSpec], skipped: int, failed: int = 0) -> None:
+        """``skipped`` cells are already stored; ``failed`` of them as failed."""
+
+    def note(self, message: str) -> None:
+        """Something the user should see (a submitted Slurm array, a busy database)."""
+
+    def cell_start(self, index: int, total: int, spec: RunSpec) -> None: ...
+
+    def progress(self, task: str, done: int, total: int) -> None: ...
+
+    def cell_end(self, result: CellResult) -> None: ...
