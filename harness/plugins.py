@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import logging
 
-from harness.core.method import METHODS, PruningMethod
+from harness.core.method import METHODS, MethodBase, check_method_class
 
 log = logging.getLogger(__name__)
 
@@ -36,13 +36,14 @@ def discover() -> None:
             continue
         cls = ep.load()
         if ep.name not in METHODS:  # a plugin module may already register itself on import
+            check_method_class(cls, ep.name)
             METHODS.register(ep.name, cls, origin=dist)
-            cls.name = ep.name
+            cls.name, cls.origin = ep.name, dist  # the record stores cls.origin
         log.debug("plugin method %s from %s", ep.name, dist)
     _discovered = True
 
 
-def get_method(name: str) -> type[PruningMethod]:
+def get_method(name: str) -> type[MethodBase]:
     """The registered method class ``name`` (built-ins and plugins); did-you-mean on a miss."""
     discover()
     return METHODS.get(name)

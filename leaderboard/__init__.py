@@ -2,7 +2,8 @@
 
 Two stages (house style rule 15): :mod:`leaderboard.build` and :mod:`leaderboard.pages` turn
 stored runs into frozen view models; :mod:`leaderboard.render` writes them with Jinja2.
-Metric directions and formats are declared once, in :mod:`leaderboard.metrics`.
+Metric directions and formats are declared once, in :mod:`harness.core.metrics`
+(:mod:`leaderboard.metrics` presents them).
 """
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from harness.cli.report import recovery
+from harness.core.metrics import recovery
 from leaderboard.data import Run, run_order
 from leaderboard.metrics import AVG_ZERO_SHOT, ZERO_SHOT_KIND, MetricInfo, as_percent, metric_info
 

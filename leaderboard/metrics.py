@@ -1,52 +1,30 @@
-"""Metric names, directions and formats, declared once for the leaderboard and ``compare``.
+"""How the leaderboard and ``compare`` show metrics: column labels, arrows, number formats.
 
-A metric name is ``<task or dataset>/<measure>``, optionally with ``@<eval seqlen>``:
-``wikitext2/ppl@2048``, ``arc_easy/acc``, ``imagenet/top1``. Known measures are declared in
-:data:`MEASURES`; a name with an unknown measure still gets a sensible default: its direction
-from :func:`harness.cli.report.lower_is_better` (the same function that :func:`harness.cli.report.recovery`
-uses, so a column's arrow and its recovery % never disagree) and a 4-significant-digit format.
+The declarations (measures, directions, formats) live in :mod:`harness.core.metrics`; this
+module only presents them. A name with an unknown measure still gets a sensible default: its
+direction from :func:`harness.core.metrics.higher_is_better` (the same function that
+:func:`harness.core.metrics.recovery` uses, so a column's arrow and its recovery % never
+disagree) and a 4-significant-digit format.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
-# Rows in a table with accuracy metrics get an "avg zero-shot" column: the mean of these.
-ZERO_SHOT_KIND = "zero-shot"
-AVG_ZERO_SHOT = "avg zero-shot"
+from harness.core.metrics import (  # re-exported: the leaderboard's names for the declarations
+    AVG_ZERO_SHOT,
+    MEASURES,
+    ZERO_SHOT_KIND,
+    Measure,
+    declared_measure,
+    higher_is_better,
+    parse_metric,
+)
 
-
-@dataclass(frozen=True)
-class Measure:
-    """How one kind of measure is shown.
-
-    Attributes:
-        label: Column header suffix, e.g. ``"ppl"``.
-        higher_is_better: Direction; must agree with ``lower_is_better`` (tested).
-        fmt: ``"fixed2"`` (12.34), ``"percent"`` (fractions shown x100, 81.0) or ``"general"``.
-        kind: ``"zero-shot"`` for lm-eval accuracies (averaged), else the measure's own name.
-    """
-
-    label: str
-    higher_is_better: bool
-    fmt: str
-    kind: str
-
-
-# measure (the part after the slash, before any "@") -> how it is shown.
-MEASURES: dict[str, Measure] = {
-    "ppl": Measure("ppl", False, "fixed2", "ppl"),
-    "word_perplexity": Measure("word ppl", False, "fixed2", "ppl"),
-    "byte_perplexity": Measure("byte ppl", False, "general", "ppl"),
-    "bits_per_byte": Measure("bits/byte", False, "general", "bpb"),
-    "acc": Measure("acc %", True, "percent", ZERO_SHOT_KIND),
-    "acc_norm": Measure("acc_norm %", True, "percent", ZERO_SHOT_KIND),
-    "exact_match": Measure("exact match %", True, "percent", "exact_match"),
-    "top1": Measure("top-1 %", True, "percent", "top1"),
-    "top5": Measure("top-5 %", True, "percent", "top5"),
-    "agree_top1": Measure("agreement with dense %", True, "percent", "agreement"),
-    "kl_dense": Measure("KL from dense", False, "general", "kl"),
-}
+__all__ = [
+    "AVG_ZERO_SHOT", "MEASURES", "ZERO_SHOT_KIND", "Measure", "MetricInfo", "as_percent", "better",
+    "format_value", "metric_info",
+]
 
 
 @dataclass(frozen=True)
@@ -74,17 +52,12 @@ class MetricInfo:
 
 def metric_info(name: str) -> MetricInfo:
     """Look up how a metric is shown; unknown measures get defaults derived from the name."""
-    task, _, rest = name.partition("/")
-    rest, _, lm_filter = rest.partition(":")  # lm-eval filters other than "none"
-    measure, _, seqlen = rest.partition("@")
-    m = MEASURES.get(measure) if rest else None
+    parts = parse_metric(name)
+    m = declared_measure(name)
     if m is None:
-        from harness.cli.report import lower_is_better  # rich and the runner: only when needed
-
-        higher = not lower_is_better(name)
-        return MetricInfo(name, name, higher, "general", "other", declared=False)
-    label = f"{task} {m.label}" + (f" @{seqlen}" if seqlen else "") + \
-        (f" ({lm_filter})" if lm_filter else "")
+        return MetricInfo(name, name, higher_is_better(name), "general", "other", declared=False)
+    label = f"{parts.task} {m.label}" + (f" @{parts.seqlen}" if parts.seqlen else "") + \
+        (f" ({parts.lm_filter})" if parts.lm_filter else "")
     return MetricInfo(name, label, m.higher_is_better, m.fmt, m.kind, declared=True)
 
 

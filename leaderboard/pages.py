@@ -13,7 +13,7 @@ import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from harness.cli.report import recovery
+from harness.core.metrics import recovery
 from leaderboard.build import (
     Table,
     build_table,

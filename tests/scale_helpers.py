@@ -48,13 +48,13 @@ def harness_env(**extra: str) -> dict[str, str]:
 def start_harness(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     """``harness ...`` in its own process group (so the test can signal it and its workers)."""
     return subprocess.Popen(
-        [sys.executable, "-m", "harness.cli.main", *args], cwd=REPO, env=env or harness_env(),
+        [sys.executable, "-m", "harness.cli", *args], cwd=REPO, env=env or harness_env(),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )
 
 
 def run_harness(*args: str, timeout: float = 300, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "harness.cli.main", *args], cwd=REPO, env=env or harness_env(),
+    return subprocess.run([sys.executable, "-m", "harness.cli", *args], cwd=REPO, env=env or harness_env(),
                           capture_output=True, text=True, timeout=timeout)
 
 

@@ -16,7 +16,7 @@ BAD = sorted((REPO / "tests" / "fixtures" / "bad_suites").glob("*"))
 def harness(*args, cwd=REPO, env=None, timeout=300):
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", "harness.cli.main", *args], cwd=cwd, env=full_env,
+        [sys.executable, "-m", "harness.cli", *args], cwd=cwd, env=full_env,
         capture_output=True, text=True, timeout=timeout,
     )
 

@@ -130,7 +130,8 @@ def test_missing_hub_data_fails_in_one_line(llama, monkeypatch):
 
 def test_run_suite_stores_lm_eval_rows(tmp_path, monkeypatch):
     from harness.run.runner import run_suite
-    from harness.store.index import Store, read_record
+    from harness.store.index import Store
+    from harness.store.records import read_record
 
     monkeypatch.chdir(tmp_path)  # data paths must not depend on the working directory
     path = tmp_path / "s.yaml"

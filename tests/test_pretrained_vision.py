@@ -110,7 +110,7 @@ def test_position_mapping_loads_another_ports_names_and_checks_shapes(tmp_path):
 def test_package_weights_resolve_inside_installed_packages(tmp_path):
     import harness
 
-    found = weights_file("package:harness/zoo/__init__.py")
+    found = weights_file("package:harness/models/__init__.py")
     assert found.is_file() and found.parent.parent == type(found)(harness.__file__).parent
     assert weights_file("w.pth", tmp_path) == tmp_path / "w.pth"
     with pytest.raises(ModelUnavailable) as info:

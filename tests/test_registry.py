@@ -92,6 +92,7 @@ def test_third_party_entry_point_registers(tmp_path, monkeypatch):
         assert "acme_keep" in METHODS
         assert METHODS.entry("acme_keep").origin == "acme-prune==1.2.3"
         assert get_method("acme_keep").name == "acme_keep"
+        assert get_method("acme_keep").origin == "acme-prune==1.2.3"  # what a cell's record stores
     finally:
         METHODS.unregister("acme_keep")
         sys.modules.pop("acme_prune", None)

@@ -1,4 +1,4 @@
-"""Tests for harness.store.index (records, DuckDB index, locking) and harness.run.env."""
+"""Tests for harness.store (records, DuckDB index, locking) and harness.run.env."""
 from __future__ import annotations
 
 import json
@@ -11,15 +11,8 @@ import pytest
 
 from harness.run.env import environment, peak_rss_bytes
 from harness.core.spec import CalibrationSpec, ModelSpec, RunSpec
-from harness.store.index import (
-    RecordError,
-    SCHEMA_VERSION,
-    Store,
-    StoreBusy,
-    StoreSchemaError,
-    atomic_write_text,
-    read_record,
-)
+from harness.store.index import SCHEMA_VERSION, Store, StoreBusy, StoreSchemaError
+from harness.store.records import RecordError, atomic_write_text, read_record
 
 
 def make_record(method: str = "wanda", status: str = "ok", ppl: float = 47.6) -> dict:

@@ -20,10 +20,11 @@ from typing import Literal
 import pytest
 
 from harness.suite import lines as _yaml
-from harness.core.method import METHODS, PruningMethod, register_method
+from harness.core.method import METHODS, PruneResult, PruningMethod, register_method
 from harness.plugins import list_methods
 from harness.core.spec import ModelSpec
-from harness.suite.loader import Problem, SuiteError, expand, load_suite
+from harness.suite.checker import SuiteError, SuiteProblem
+from harness.suite.loader import expand, load_suite
 
 FIXTURES = Path(__file__).parent / "fixtures"
 BAD = sorted((FIXTURES / "bad_suites").glob("*.yaml"))
@@ -172,7 +173,8 @@ def test_error_line_format_matches_the_style_guide(tmp_path: Path, monkeypatch: 
     class Params:
         sparsity: float = 0.5  # a field name to misspell
 
-    register_method("throwaway_sparsity")(type("Throwaway", (PruningMethod,), {"Params": Params}))
+    prune = lambda self, name, weight, stats, target: PruneResult(weight)  # noqa: E731
+    register_method("throwaway_sparsity")(type("Throwaway", (PruningMethod,), {"Params": Params, "prune": prune}))
     try:
         (tmp_path / "suites").mkdir()
         _write(tmp_path / "suites", "name: x\n" + "# filler\n" * 7 + textwrap.dedent("""\
@@ -308,9 +310,9 @@ def test_path_models_resolve_against_the_suite_folder(tmp_path: Path, monkeypatc
 
 
 def test_problem_format():
-    assert str(Problem("a.yaml", None, "", "empty file")) == "a.yaml: empty file"
-    assert str(Problem("a.yaml", 3, "", "m")) == "a.yaml:3: m"
-    assert str(Problem("a.yaml", 3, "models[0]", "m")) == "a.yaml:3: models[0]: m"
+    assert str(SuiteProblem("a.yaml", None, "", "empty file")) == "a.yaml: empty file"
+    assert str(SuiteProblem("a.yaml", 3, "", "m")) == "a.yaml:3: m"
+    assert str(SuiteProblem("a.yaml", 3, "models[0]", "m")) == "a.yaml:3: models[0]: m"
     assert ModelSpec("zoo:tiny-opt").dtype == "auto"
 
 

@@ -9,26 +9,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from harness.run.runner import CellResult, Reporter, cell_label
+from harness.run.reporter import CellResult, Reporter
+from harness.run.runner import cell_label
+from harness.core.metrics import lower_is_better, recovery  # noqa: F401  (re-exported)
 from harness.core.spec import RunSpec
-
-
-_LOWER_IS_BETTER = ("/ppl", "perplexity", "bits_per_byte", "loss", "error", "dist", "steps_to_tol", "kl_")
-
-
-def lower_is_better(metric: str) -> bool:
-    """Perplexities, losses, errors and distances are better when smaller; the rest when larger."""
-    name = metric.rsplit("/", 1)[-1]
-    return "/ppl" in metric or any(k in name for k in _LOWER_IS_BETTER)
-
-
-def recovery(value: float | None, dense: float | None, metric: str) -> float | None:
-    """Percent of the dense model's quality kept: 100 = as good as dense (ppl: dense/value)."""
-    if value is None or dense is None:
-        return None
-    if lower_is_better(metric):
-        return None if value == 0 else 100.0 * (dense / value)
-    return None if dense == 0 else 100.0 * (value / dense)  # an accuracy of 0 keeps 0 %
 
 
 def _progress(console: Console) -> Progress:

@@ -11,13 +11,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from harness.core.lazy import torch
-from harness.core.method import LayerReport
 
 if TYPE_CHECKING:
     from torch import nn
 
 Progress = Callable[[str, int, int], None]  # (task, done, total)
-RunMethod = Callable[..., list[LayerReport]]  # (method, target, progress=None) -> reports
+RunMethod = Callable[..., list]  # (method, target, progress=None) -> list[LayerReport]
 
 
 @contextmanager

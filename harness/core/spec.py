@@ -12,6 +12,8 @@ from typing import Any
 
 SPEC_VERSION = 1
 PACKAGE_PREFIX = "package:"  # a model's weights: package:MODULE/REL/PATH, a file inside an installed package
+DENSE = "dense"  # the baseline method: one cell per model and seed, target "0"
+DTYPES = ("auto", "float32", "float16", "bfloat16")  # a model's dtype in a suite
 
 
 @dataclass(frozen=True)
@@ -148,9 +150,10 @@ class SparsityProfile:
 
 @dataclass(frozen=True)
 class LayerSelection:
-    """Which Linear layers inside the decoder blocks are pruned (Python regexes on module names)."""
+    """Which layers are pruned (Python regexes on module names): an LM's Linear layers inside its decoder
+    blocks; a classifier's Conv2d and Linear layers (stem and classifier dense unless a target names them)."""
 
-    targets: tuple[str, ...] = ()  # empty = every Linear inside the blocks
+    targets: tuple[str, ...] = ()  # empty = every prunable layer (see above)
     ignore: tuple[str, ...] = ()
 
 

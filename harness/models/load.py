@@ -26,8 +26,6 @@ from harness.core.spec import PACKAGE_PREFIX, ModelSpec
 
 log = logging.getLogger(__name__)
 
-DTYPES = ("auto", "float32", "float16", "bfloat16")
-
 
 class ModelUnavailable(RuntimeError):
     """The model cannot be loaded here (offline, missing folder); the message is one line."""

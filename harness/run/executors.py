@@ -258,7 +258,7 @@ class LocalExecutor:
 
     def _receive(self, w: _Worker, batch: Batch) -> None:
         """Handle every message waiting from ``w``; a closed pipe means the worker died."""
-        from harness.store.index import RECORD_FILE, read_record
+        from harness.store.records import RECORD_FILE, read_record
 
         while True:
             try:

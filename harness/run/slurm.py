@@ -117,7 +117,7 @@ class SlurmExecutor:
 
     def _collect(self, job: Any, spec: RunSpec, batch: Batch, device: str, submitted: datetime,
                  cancelled: bool) -> None:
-        from harness.store.index import RECORD_FILE, RecordError, read_record
+        from harness.store.records import RECORD_FILE, RecordError, read_record
 
         path = batch.store.run_dir(spec.run_id) / RECORD_FILE
         try:

@@ -1,8 +1,7 @@
-"""Results store: run directories are the source of truth, DuckDB is the index.
+"""The results index: DuckDB over the run directories of :mod:`harness.store.records`.
 
-Each finished cell (ok or failed) writes one self-contained JSON record, atomically, to
-``<root>/runs/<run_id>/record.json``. The process that owns the results database then
-ingests it into ``<root>/sparsebench.duckdb``. Cells that run in other processes or on other
+Run directories are the source of truth; the process that owns the results database ingests
+each record into ``<root>/sparsebench.duckdb``. Cells that run in other processes or on other
 cluster nodes only write run directories; :meth:`Store.ingest_pending` or :meth:`Store.reindex`
 indexes them later.
 
@@ -10,27 +9,17 @@ DuckDB lets one process open a file for writing, and while it does, no other pro
 it at all, not even read-only. So a connection is opened per operation and closed at once,
 and an open that hits another process's lock is retried with backoff for up to ``wait_s``.
 
-Non-finite floats: JSON cannot carry NaN or infinity, so in ``record.json`` a non-finite float
-in any object is written as ``null``, and the object gains a note naming the field, e.g.
-``{"name": "pydoc/ppl@128", "value": null, "nonfinite": {"value": "nan"}}``. :func:`read_record`
-restores the float, and DuckDB stores it as is (``DOUBLE`` holds NaN and ±inf), so a diverged
-perplexity reads as NaN, never as a missing value (NULL). A non-finite float directly inside
-a list (not under an object key) has nowhere to keep its note and becomes ``null``.
-
-Timestamps are ISO-8601 in records and naive UTC ``TIMESTAMP`` values in DuckDB.
+Non-finite floats (noted in ``record.json``, see :mod:`harness.store.records`) are stored as
+is: ``DOUBLE`` holds NaN and ±inf, so a diverged perplexity reads as NaN, never as NULL.
+Timestamps are naive UTC ``TIMESTAMP`` values in DuckDB.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import math
-import numbers
-import os
 import random
 import re
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -39,13 +28,12 @@ from typing import Any
 
 import duckdb
 
-from harness.core.spec import canonical_json
+from harness.store.records import (RECORD_FILE, atomic_write_text, check_record, decode_nonfinite, dump_record,
+                                   encode_nonfinite, is_run_id, scan_records)
 
 log = logging.getLogger(__name__)
 
-RECORD_VERSION = 1
 SCHEMA_VERSION = 2  # 2: runs.publishable, runs.eval_info_json, metrics.headline
-RECORD_FILE = "record.json"
 DEFAULT_DB_NAME = "sparsebench.duckdb"
 
 # The whole DuckDB schema. Every statement is idempotent; `meta` holds schema_version.
@@ -76,9 +64,6 @@ CREATE VIEW IF NOT EXISTS results AS
     FROM runs r LEFT JOIN metrics m ON m.run_id = r.run_id;
 """
 _TABLES = ("runs", "metrics", "layers", "series")  # each has run_id; `meta` is separate
-_REQUIRED = ("record_version", "run_id", "spec_json", "suite", "model", "method", "target",
-             "seed", "status")
-_RUN_ID = re.compile(r"[0-9a-f]{64}")
 _LOCK_HOLDER = re.compile(r"Conflicting lock is held in (.*) \(PID (\d+)\)")
 
 
@@ -88,137 +73,6 @@ class StoreBusy(RuntimeError):
 
 class StoreSchemaError(RuntimeError):
     """The database was written by another schema version, or is not a results database."""
-
-
-class RecordError(ValueError):
-    """A record (dict or ``record.json``) is not valid JSON or lacks required fields."""
-
-
-# ---------------------------------------------------------------------------- record files
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so readers see the old file or the new one, never a torn one.
-
-    Writes a temporary file in the same folder, flushes and fsyncs it, ``os.replace``-s it
-    over ``path`` and fsyncs the folder, so the rename itself survives a crash.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # umask applies, unlike mkstemp
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    if os.name == "posix":  # a directory cannot be opened for fsync on Windows
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
-
-def dump_record(record: dict[str, Any]) -> str:
-    """Checked, strict JSON text of a record, non-finite floats noted (see the module doc)."""
-    check_record(record)
-    return json.dumps(_encode(record), indent=1, ensure_ascii=False, allow_nan=False) + "\n"
-
-
-def read_record(path: Path) -> dict[str, Any]:
-    """Read and check one ``record.json``; non-finite floats come back as floats.
-
-    Raises:
-        RecordError: the file is not valid JSON (e.g. torn) or not a valid record.
-    """
-    path = Path(path)
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise RecordError(f"{path}: not valid JSON ({e})") from e
-    if not isinstance(record, dict):
-        raise RecordError(f"{path}: expected a JSON object, got {type(record).__name__}")
-    try:
-        return check_record(_decode(record))
-    except RecordError as e:
-        raise RecordError(f"{path}: {e}") from e
-
-
-def check_record(record: dict[str, Any]) -> dict[str, Any]:
-    """Check a record's version, required fields and that ``run_id`` hashes ``spec_json``.
-
-    Returns:
-        The record itself, for chaining.
-
-    Raises:
-        RecordError: naming every problem found.
-    """
-    problems = [f"missing '{k}'" for k in _REQUIRED if k not in record]
-    if record.get("record_version", RECORD_VERSION) != RECORD_VERSION:
-        problems.append(f"record_version {record['record_version']!r}, expected {RECORD_VERSION}")
-    run_id = record.get("run_id")
-    if not (isinstance(run_id, str) and _RUN_ID.fullmatch(run_id)):
-        problems.append(f"run_id {run_id!r} is not a lowercase SHA-256 hex digest")
-    elif isinstance(spec_json := record.get("spec_json"), str):
-        if hashlib.sha256(spec_json.encode()).hexdigest() != run_id:
-            problems.append("run_id is not the SHA-256 of spec_json")
-        elif "spec" in record and canonical_json(record["spec"]) != spec_json:
-            problems.append("spec does not match spec_json")
-    if "status" in record and record["status"] not in ("ok", "failed"):
-        problems.append(f"status {record['status']!r}, expected 'ok' or 'failed'")
-    for key in ("metrics", "layers", "series"):
-        items = record.get(key) or []
-        if not isinstance(items, list) or any(not isinstance(i, dict) or "name" not in i
-                                              for i in items):
-            problems.append(f"'{key}' must be a list of objects, each with a 'name'")
-    if problems:
-        raise RecordError(f"invalid record {str(run_id)[:12]}: " + "; ".join(problems))
-    return record
-
-
-def _encode(obj: Any) -> Any:
-    """JSON-safe copy: numpy scalars to Python, non-finite floats to null plus a note."""
-    if isinstance(obj, numbers.Number) and not isinstance(obj, (int, float)):
-        obj = obj.item() if hasattr(obj, "item") else obj  # numpy scalars: np.int64 is no int
-    if isinstance(obj, dict):
-        out: dict[str, Any] = {}
-        prior = obj.get("nonfinite")  # already encoded: keep its notes
-        notes = dict(prior) if isinstance(prior, dict) else {}
-        for k, v in obj.items():
-            if k == "nonfinite" and isinstance(prior, dict):
-                continue
-            v = _encode(v)
-            if isinstance(v, float) and not math.isfinite(v):
-                notes[k], v = str(v), None  # "nan", "inf" or "-inf"
-            out[k] = v
-        if notes:
-            out["nonfinite"] = notes
-        return out
-    if isinstance(obj, (list, tuple)):
-        items = (_encode(v) for v in obj)
-        return [None if isinstance(v, float) and not math.isfinite(v) else v for v in items]
-    return obj
-
-
-def _decode(obj: Any) -> Any:
-    """Inverse of :func:`_encode`: restore noted non-finite floats. Idempotent."""
-    if isinstance(obj, dict):
-        notes = obj.get("nonfinite")
-        out = {k: _decode(v) for k, v in obj.items() if k != "nonfinite"}
-        if not isinstance(notes, dict):  # not one of our notes: leave it alone
-            return out if notes is None else {**out, "nonfinite": notes}
-        for k, name in notes.items():
-            if name not in ("nan", "inf", "-inf"):
-                raise RecordError(f"nonfinite note {k}={name!r}, expected 'nan', 'inf' or '-inf'")
-            out[k] = float(name)
-        return out
-    if isinstance(obj, list):
-        return [_decode(v) for v in obj]
-    return obj
 
 
 # ------------------------------------------------------------------------------- rows
@@ -238,7 +92,7 @@ def _num(x: Any, kind: type) -> Any:
 
 
 def _json(obj: Any) -> str | None:
-    return None if obj is None else json.dumps(_encode(obj), sort_keys=True, allow_nan=False)
+    return None if obj is None else json.dumps(encode_nonfinite(obj), sort_keys=True, allow_nan=False)
 
 
 def _columns(items: list[dict], spec: dict[str, Callable[[dict], Any]]) -> dict[str, list]:
@@ -347,7 +201,7 @@ class Store:
         return cls(Path(root) / DEFAULT_DB_NAME, **kwargs)
 
     def run_dir(self, run_id: str) -> Path:
-        if not _RUN_ID.fullmatch(run_id):  # it becomes a path: no "..", no "/"
+        if not is_run_id(run_id):  # it becomes a path: no "..", no "/"
             raise ValueError(f"run_id {run_id!r} is not a lowercase SHA-256 hex digest")
         return self.runs_dir / run_id
 
@@ -361,7 +215,7 @@ class Store:
 
     def ingest(self, record: dict[str, Any]) -> None:
         """Upsert one run: its rows in every table are replaced in a single transaction."""
-        rows = _rows(check_record(_decode(record)))
+        rows = _rows(check_record(decode_nonfinite(record)))
         with self._connect() as con, _transaction(con):
             _upsert(con, rows)
 
@@ -380,7 +234,7 @@ class Store:
 
     def finished_on_disk(self) -> dict[str, str]:
         """``run_id -> status`` of every valid record in the run dirs, ingested or not."""
-        return {r["run_id"]: r["status"] for r in self._scan()}
+        return {r["run_id"]: r["status"] for r in scan_records(self.runs_dir)}
 
     def ingest_pending(self) -> int:
         """Ingest records missing from the database or whose ``finished_at`` differs.
@@ -388,7 +242,7 @@ class Store:
         Returns:
             The number of records ingested.
         """
-        records = list(self._scan())
+        records = list(scan_records(self.runs_dir))
         with self._connect() as con:
             known = dict(con.execute("SELECT run_id, finished_at FROM runs").fetchall())
             pending = [_rows(r) for r in records
@@ -409,7 +263,7 @@ class Store:
         Returns:
             The number of records indexed.
         """
-        all_rows = [_rows(r) for r in self._scan()]
+        all_rows = [_rows(r) for r in scan_records(self.runs_dir)]
         with self._connect(rebuild=True) as con, _transaction(con):
             con.execute("DROP VIEW IF EXISTS results")
             for table in (*_TABLES, "meta"):
@@ -431,22 +285,6 @@ class Store:
             return con.execute(sql, params or []).df()
 
     # -- internals
-
-    def _scan(self) -> Iterator[dict[str, Any]]:
-        """Valid records under ``runs/``; invalid ones are skipped with a warning."""
-        if not self.runs_dir.is_dir():
-            return
-        for path in sorted(self.runs_dir.glob(f"*/{RECORD_FILE}")):
-            try:
-                record = read_record(path)
-            except RecordError as e:
-                log.warning("skipping %s", e)
-                continue
-            if record["run_id"] != path.parent.name:
-                log.warning("skipping %s: run_id %s... does not match its folder", path,
-                            record["run_id"][:12])
-                continue
-            yield record
 
     @contextmanager
     def _connect(self, *, read_only: bool = False,

@@ -1,4 +1,4 @@
-"""Suite checks for ``synthetic:`` models, used by :mod:`harness.suite.loader` (kept apart to keep it small).
+"""Suite checks for ``synthetic:`` models, used by :mod:`harness.suite.schema`.
 
 - a model's ``problem:`` mapping (``harness.core.problems.resolve``): only for ``synthetic:`` ids;
 - every method must apply to every model kind of the suite (``PruningMethod.model_kinds``):
@@ -7,14 +7,15 @@
 - a synthetic suite has no ``targets`` (the problem's k sets the sparsity, 1 − k/d), and no
   ``calibration``, ``evals`` or ``layers`` (the problem is the data and the metrics are its own).
 
-Every function takes the suite's ``_Checker`` as ``ck`` (duck-typed, to avoid a circular import).
+Every function takes the file's :class:`~harness.suite.checker.Checker` as ``ck``.
 """
 from __future__ import annotations
 
 from typing import Any
 
-from harness.suite.vision import model_kinds
+from harness.suite.checker import Checker
 from harness.suite.lines import LineDict
+from harness.suite.vision import model_kinds
 
 NOT_FOR_SYNTHETIC = ("targets", "calibration", "evals", "layers")
 _WHY = {
@@ -26,7 +27,7 @@ _WHY = {
 _KIND_WORDS = {"lm": "language models", "vision": "image classifiers", "synthetic": "synthetic: sparse-recovery problems"}
 
 
-def model_problem(ck: Any, item: Any, raw: dict[str, Any], model_id: str, path: str) -> tuple | None:
+def model_problem(ck: Checker, item: Any, raw: dict[str, Any], model_id: str, path: str) -> tuple | None:
     """The resolved ``problem`` of a model entry as sorted (key, value) pairs; () for other sources.
 
     Returns None (after reporting) when the mapping is wrong.
@@ -53,7 +54,7 @@ def model_problem(ck: Any, item: Any, raw: dict[str, Any], model_id: str, path: 
     return None if problems else tuple(sorted(resolved.items()))
 
 
-def kind_rules(ck: Any, data: LineDict) -> bool:
+def kind_rules(ck: Checker, data: LineDict) -> bool:
     """Methods against model kinds, and the keys a synthetic suite must not have.
 
     Returns:

@@ -1,4 +1,4 @@
-"""Suite checks for image classifiers, used by :mod:`harness.suite.loader` (kept apart to keep it small).
+"""Suite checks for image classifiers, used by :mod:`harness.suite.schema`.
 
 - ``evals.digits: {limit, agreement}``, ``evals.imagenet: {root, limit, agreement}`` and
   ``evals.photos: {limit}`` (unlabelled: agreement with the dense model is all it measures);
@@ -9,13 +9,14 @@
 
 Whether an ImageNet folder exists is only known where the suite runs (a cluster may mount it
 there), so a missing folder is a warning here and a one-line failure of the cell at run time.
-Every function takes the suite's ``_Checker`` as ``ck`` (duck-typed, to avoid a circular import).
+Every function takes the file's :class:`~harness.suite.checker.Checker` as ``ck``.
 """
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from typing import Any
 
+from harness.suite.checker import Check, Checker, check_bool, check_optional_int, check_str
 from harness.suite.lines import LineDict
 from harness.data.text import IMAGE_DATASETS, dataset_names
 from harness.core.ids import ModelIdError, model_kind, parse_model_id
@@ -31,7 +32,7 @@ def resolve_path(value: str, base_dir: str) -> str:
     return value if os.path.isabs(value) else os.path.normpath(os.path.join(os.path.abspath(base_dir), value))
 
 
-def suite_path(ck: Any, value: str, base_dir: str, line: int, path: str) -> str | None:
+def suite_path(ck: Checker, value: str, base_dir: str, line: int, path: str) -> str | None:
     """:func:`resolve_path`, refusing a relative path that climbs out of the suite's folder (as
     ``path:`` ids do), so a suite cannot quietly reach into unrelated folders."""
     if not isinstance(value, str):
@@ -44,7 +45,7 @@ def suite_path(ck: Any, value: str, base_dir: str, line: int, path: str) -> str 
     return resolve_path(value, base_dir)
 
 
-def package_warning(ck: Any, weights: str, line: int, path: str) -> None:
+def package_warning(ck: Checker, weights: str, line: int, path: str) -> None:
     """``weights: package:MODULE/...`` whose package is not installed here: a warning, since it
     may be installed where the suite runs (the cells then fail with one line)."""
     from harness.models.load import package_dir, package_weights
@@ -55,7 +56,7 @@ def package_warning(ck: Any, weights: str, line: int, path: str) -> None:
                             f"where the suite runs ({install})")
 
 
-def _folder_warning(ck: Any, line: int, path: str, root: str | None, split: str) -> None:
+def _folder_warning(ck: Checker, line: int, path: str, root: str | None, split: str) -> None:
     if root is None and not os.environ.get(IMAGENET_ENV):
         ck.warn(line, path, f"no root given and {IMAGENET_ENV} is not set here; the cells fail unless it is "
                             f"set where the suite runs (the ImageNet folder holding train/ and val/)")
@@ -66,20 +67,19 @@ def _folder_warning(ck: Any, line: int, path: str, root: str | None, split: str)
                                 "where the suite runs")
 
 
-def image_eval(dataset: str, base_dir: str) -> Callable[[Any, Any, str, int], ImageEvalSpec | None]:
+def image_eval(dataset: str, base_dir: str) -> Check:
     """The check of ``evals.<dataset>``: ``{limit, agreement}`` (plus ``root`` for imagenet); null means ``{}``.
 
     ``photos`` has no labels, so agreement is always on there, and ``agreement: false`` is refused.
     """
     unlabelled = dataset == "photos"
 
-    def check(ck: Any, value: Any, path: str, line: int) -> ImageEvalSpec | None:
+    def check(ck: Checker, value: Any, path: str, line: int) -> ImageEvalSpec | None:
         if value is None:
             return ImageEvalSpec(dataset, agreement=unlabelled)
-        schema: dict[str, Any] = {"limit": lambda ck, v, p, ln: None if v is None else ck.integer(v, p, ln, 1),
-                                  "agreement": lambda ck, v, p, ln: ck.boolean(v, p, ln)}
+        schema: dict[str, Check] = {"limit": check_optional_int, "agreement": check_bool}
         if dataset == "imagenet":
-            schema["root"] = lambda ck, v, p, ln: ck.string(v, p, ln)
+            schema["root"] = check_str
         rec = ck.record(value, path, line, schema)
         if rec is None:
             return None
@@ -97,7 +97,7 @@ def image_eval(dataset: str, base_dir: str) -> Callable[[Any, Any, str, int], Im
     return check
 
 
-def calibration_keys(ck: Any, value: LineDict, path: str, base_dir: str) -> dict[str, Any]:
+def calibration_keys(ck: Checker, value: LineDict, path: str, base_dir: str) -> dict[str, Any]:
     """Judge the keys that belong to one kind of dataset; return the image fields (or {} for text).
 
     Images: ``seqlen`` is refused, ``augment_rounds`` defaults to 0, ``root`` is resolved
@@ -149,7 +149,7 @@ def model_kinds(data: LineDict) -> list[tuple[int, Any, str]]:
     return out
 
 
-def kind_rules(ck: Any, data: LineDict, dense_only: bool) -> None:
+def kind_rules(ck: Checker, data: LineDict, dense_only: bool) -> None:
     """Rules across keys for the kinds of models: one kind per suite, matching calibration and evals."""
     models = data.get("models")
     kinds: dict[str, tuple[int, str]] = {}  # kind -> (line, id) of its first model
@@ -182,7 +182,7 @@ def kind_rules(ck: Any, data: LineDict, dense_only: bool) -> None:
             ck.err(evals.key_lines[key], f"evals.{key}", f"'{key}' does not suit {first}, {what}")
 
 
-def profile_rules(ck: Any, data: LineDict) -> None:
+def profile_rules(ck: Checker, data: LineDict) -> None:
     """A sparsity profile (OWL) is measured over decoder blocks: language models only."""
     methods = data.get("methods") if isinstance(data.get("methods"), list) else []
     profiled = [(i, m) for i, m in enumerate(methods) if isinstance(m, dict) and m.get("sparsity_profile") == "owl"]

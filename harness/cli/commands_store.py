@@ -1,0 +1,92 @@
+"""``harness results``, ``leaderboard build``, ``compare`` and ``export``: read the results database.
+
+duckdb, jinja2 and matplotlib are imported inside the commands, so ``harness --help`` stays light.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from harness.cli.common import EXIT_BAD_INPUT, EXIT_FAILED_CELLS, EXIT_OK, make_console, no_db, store_problem
+
+
+def cmd_results(args) -> int:
+    from harness.cli.report import results_table
+    from harness.store.index import Store
+
+    if not Path(args.db).exists():
+        print(f"no results database at {args.db}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    make_console().print(results_table(Store(args.db), args.suite))
+    return EXIT_OK
+
+
+def cmd_leaderboard(args) -> int:
+    if not Path(args.db).exists():
+        return no_db(args.db)
+    from harness.store.index import StoreBusy, StoreSchemaError
+    from leaderboard.render import SiteError, build_site
+
+    console = make_console()
+    try:
+        with console.status("building the leaderboard…"):
+            summary = build_site(args.db, args.out, plots=not args.no_plots)
+    except (SiteError, StoreBusy, StoreSchemaError) as err:
+        return store_problem(err)
+    failed = f", {summary.failed} failed" if summary.failed else ""
+    console.print(
+        f"{summary.runs} runs{failed}, {summary.tables} tables, {summary.models} model pages, "
+        f"{summary.plots} plots: {Path(args.out) / 'index.html'} (open it in a browser; no server needed)",
+        markup=False,
+    )
+    return EXIT_OK
+
+
+def cmd_compare(args) -> int:
+    if not Path(args.db).exists():
+        return no_db(args.db)
+    from harness.store.index import Store, StoreBusy, StoreSchemaError
+    from leaderboard.compare import CompareError, compare, compare_table
+    from leaderboard.data import load_runs
+
+    try:
+        result = compare(load_runs(Store(args.db)), args.method, args.baseline or (), args.suite)
+    except (CompareError, StoreBusy, StoreSchemaError) as err:
+        return store_problem(err)
+    console = make_console()
+    console.print(compare_table(result))
+    worse = result.worse
+    if worse:
+        console.print(f"{args.method} is worse on {len(worse)} of {len(result.deltas)} compared cells.",
+                      markup=False, style="red")
+    else:
+        console.print(f"{args.method} is not worse on any of {len(result.deltas)} compared cells.",
+                      markup=False, style="green")
+    return EXIT_FAILED_CELLS if args.fail_if_worse and worse else EXIT_OK
+
+
+def cmd_export(args) -> int:
+    if not Path(args.db).exists():
+        return no_db(args.db)
+    import tempfile
+
+    from harness.store.index import Store, StoreBusy, StoreSchemaError
+    from leaderboard.data import export_results
+
+    out = args.out or f"results.{args.format}"
+    store = Store(args.db)
+    if out == "-" and args.format == "parquet":
+        print("parquet is binary: give --out FILE", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        if out == "-":
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / f"results.{args.format}"
+                export_results(store, args.format, path)
+                sys.stdout.write(path.read_text(encoding="utf-8"))
+            return EXIT_OK
+        n = export_results(store, args.format, Path(out))
+    except (StoreBusy, StoreSchemaError) as err:
+        return store_problem(err)
+    print(f"{n} rows of the results view written to {out}", file=sys.stderr)
+    return EXIT_OK
