@@ -6,11 +6,11 @@ runs of that cell over seeds; failed runs are left out. The verdict rule is
 """
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from harness.core.registry import did_you_mean
 from leaderboard.build import variant_labels
 from leaderboard.data import Run, target_order
 from leaderboard.metrics import better, metric_info
@@ -126,8 +126,7 @@ def _side(runs: list[Run], metric: str) -> Side | None:
 
 
 def _unknown(kind: str, name: str, present: Sequence[str]) -> CompareError:
-    close = difflib.get_close_matches(name, present, n=3)
-    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    hint = did_you_mean(name, list(present))
     return CompareError(f"Unknown {kind} '{name}' in the results.{hint} "
                         f"Available: {', '.join(present) or 'none'}.")
 

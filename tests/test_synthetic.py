@@ -36,7 +36,7 @@ def solve_trials(method: str, params: dict, problem: dict | None = None, name: s
 @pytest.fixture(autouse=True)
 def one_thread():
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # what harness.synthetic.bench.run_cell does for d <= 256
+    torch.set_num_threads(1)  # what harness.synthetic.bench.solve_cell does for d <= 256
     yield
     torch.set_num_threads(threads)
 

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from dataclasses import dataclass
 
-from harness.core.registry import suggest
+from harness.core.registry import did_you_mean, suggest
 
 SOURCES = {
     "zoo": "small models the project trains itself, offline (harness ls models)",
@@ -64,12 +64,10 @@ def parse_model_id(model_id: object) -> ModelRef:
     if not name:
         raise ModelIdError(f"model id '{model_id}' has no name after '{source}:'")
     if source == "zoo" and name not in ZOO_NAMES:
-        close = suggest(name, list(ZOO_NAMES))
-        hint = f" Did you mean: {', '.join('zoo:' + c for c in close)}?" if close else ""
+        hint = did_you_mean(name, list(ZOO_NAMES), prefix="zoo:")
         raise ModelIdError(f"Unknown zoo model '{name}'.{hint} Available: {', '.join('zoo:' + z for z in ZOO_NAMES)}")
     if source == "synthetic" and name not in SYNTHETIC_NAMES:
-        close = suggest(name, list(SYNTHETIC_NAMES))
-        hint = f" Did you mean: {', '.join('synthetic:' + c for c in close)}?" if close else ""
+        hint = did_you_mean(name, list(SYNTHETIC_NAMES), prefix="synthetic:")
         raise ModelIdError(f"Unknown synthetic problem '{name}'.{hint} Available: "
                            f"{', '.join('synthetic:' + z for z in SYNTHETIC_NAMES)}")
     if source == "hf" and not _HF_ID.match(name):

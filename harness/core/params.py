@@ -12,7 +12,7 @@ import types
 import typing
 from typing import Any, Literal
 
-from harness.core.registry import suggest
+from harness.core.registry import key_hint
 
 
 class ParamsError(ValueError):
@@ -62,10 +62,8 @@ def build_params(cls: type, raw: dict[str, Any] | None) -> Any:
     problems: list[tuple[str, str]] = []
     for key in raw:
         if key not in fields:
-            close = suggest(str(key), list(fields))
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
             valid = ", ".join(fields) or "none"
-            problems.append((str(key), f"unknown key '{key}'{hint}; valid keys: {valid}"))
+            problems.append((str(key), f"unknown key '{key}'{key_hint(key, list(fields))}; valid keys: {valid}"))
     for key, value in raw.items():
         if key in fields and not _check_type(value, hints.get(key, Any)):
             problems.append((key, f"expected {_describe(hints.get(key))}, got {value!r}"))

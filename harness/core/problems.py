@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from harness.core.registry import suggest
+from harness.core.registry import key_hint
 from harness.core.target import Target
 
 PROBLEMS = {
@@ -89,8 +89,7 @@ def resolve(name: str, raw: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[
     allowed = _KEYS[name]
     for key in raw:
         if key not in allowed:
-            close = suggest(str(key), list(allowed))
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            hint = key_hint(key, list(allowed))
             why = " (the digit glyph fixes d=784 and k*)" if name == "digit" and key in ("d", "k_star") else ""
             problems.append((str(key), f"unknown key '{key}' for synthetic:{name}{hint}{why}; valid keys: "
                                         f"{', '.join(allowed)}"))

@@ -33,13 +33,21 @@ def suggest(name: str, choices: list[str], n: int = 3) -> list[str]:
     return [lowered[h] for h in hits]
 
 
+def did_you_mean(name: str, choices: list[str], prefix: str = "", n: int = 3) -> str:
+    """`` Did you mean: a, b?`` with the close choices (each behind ``prefix``), or ``""``."""
+    close = suggest(name, choices, n)
+    return f" Did you mean: {', '.join(prefix + c for c in close)}?" if close else ""
+
+
+def key_hint(key: object, choices: list[str]) -> str:
+    """`` (did you mean 'y'?)`` with the closest key, or ``""``: for unknown mapping keys."""
+    close = suggest(str(key), choices)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
 def unknown_message(kind: str, name: str, choices: list[str]) -> str:
     """``Unknown method 'x'. Did you mean: y? Available: a, b, c`` (lm-eval's format)."""
-    msg = f"Unknown {kind} '{name}'."
-    close = suggest(name, choices)
-    if close:
-        msg += f" Did you mean: {', '.join(close)}?"
-    return msg + f" Available: {', '.join(sorted(choices)) or '(none)'}"
+    return f"Unknown {kind} '{name}'.{did_you_mean(name, choices)} Available: {', '.join(sorted(choices)) or '(none)'}"
 
 
 @dataclass(frozen=True)

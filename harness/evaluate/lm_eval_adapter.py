@@ -51,7 +51,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 from harness.evaluate.lm_tasks import TASK_DIR
-from harness.core.registry import suggest
+from harness.core.registry import did_you_mean, key_hint
 from harness.core.spec import LmEvalSpec
 
 log = logging.getLogger(__name__)
@@ -106,10 +106,7 @@ def task_problem(name: str, allow_unknown: bool) -> str | None:
         if _TASK_NAME.fullmatch(name):
             return None
         return f"'{name}' does not look like an lm-eval task name (letters, digits, '_', '.', '-')"
-    msg = f"Unknown lm-eval task '{name}'."
-    close = suggest(name, list(KNOWN_TASKS))
-    if close:
-        msg += f" Did you mean: {', '.join(close)}?"
+    msg = f"Unknown lm-eval task '{name}'.{did_you_mean(name, list(KNOWN_TASKS))}"
     return (msg + f" Known: {', '.join(KNOWN_TASKS)}. Any other lm-eval task needs "
             "'allow_unknown_tasks: true' (checked when the run starts; it needs the hub or a local datasets cache)")
 
@@ -118,13 +115,11 @@ def metric_problem(task: str, metric: str, tasks: tuple[str, ...]) -> str | None
     """Why ``metrics: {task: metric}`` is wrong for a suite running ``tasks``, or None."""
     covered = set(tasks) | {s for t in tasks for s in KNOWN_TASKS.get(t, TaskInfo(())).subtasks}
     if task not in covered:
-        close = suggest(task, sorted(covered))
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        hint = key_hint(task, sorted(covered))
         return f"'{task}' is not among the tasks run{hint}; tasks: {', '.join(sorted(covered))}"
     known = KNOWN_TASKS.get(task)
     if known is not None and metric not in known.metrics:
-        close = suggest(metric, list(known.metrics))
-        hint = f" Did you mean: {close[0]}?" if close else ""
+        hint = did_you_mean(metric, list(known.metrics), n=1)
         return f"task '{task}' reports no metric '{metric}'.{hint} It reports: {', '.join(known.metrics)}"
     return None
 

@@ -146,19 +146,17 @@ def timm_name_problem(name: str, has_weights: bool = False) -> str | None:
     """
     import timm
 
-    from harness.core.registry import suggest
+    from harness.core.registry import did_you_mean
 
     arch, _, tag = name.partition(".")
     if not timm.is_model(arch):
-        close = suggest(arch, timm.list_models())
-        hint = f" Did you mean: {', '.join('timm:' + c for c in close)}?" if close else ""
+        hint = did_you_mean(arch, timm.list_models(), prefix="timm:")
         return f"Unknown timm model '{arch}'.{hint} List them with timm.list_models('*pattern*')"
     if has_weights:
         return None
     tagged = timm.list_pretrained(f"{arch}.*")
     if tag and name not in tagged:
-        close = suggest(name, tagged)
-        hint = f" Did you mean: {', '.join('timm:' + c for c in close)}?" if close else ""
+        hint = did_you_mean(name, tagged, prefix="timm:")
         return (f"timm model '{arch}' has no pretrained tag '{tag}'.{hint} "
                 f"Available: {', '.join('timm:' + t for t in tagged) or '(none)'}")
     if not tagged:

@@ -88,10 +88,10 @@ def _prune_and_evaluate(spec: RunSpec, record: dict, *, device: str, caches: dic
     cls = get_method(spec.method)
     method = cls(build_params(cls, spec.params))
     if spec.model.problem:  # synthetic sparse recovery: no weights, its own metrics (harness.synthetic.bench)
-        from harness.synthetic.bench import run_cell as run_synthetic
+        from harness.synthetic.bench import solve_cell
 
         record["environment"] = {**record["environment"], "method_origin": cls.origin}
-        run_synthetic(spec, method, record, progress=lambda d, n: reporter.progress("steps", d, n))
+        solve_cell(spec, method, record, progress=lambda d, n: reporter.progress("steps", d, n))
         record["status"] = "ok"
         return
     family = FAMILIES["vision" if is_vision(spec.model) else "lm"]  # image classifier (timm) or causal LM

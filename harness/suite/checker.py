@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
-from harness.core.registry import suggest, unknown_message
+from harness.core.registry import key_hint, unknown_message
 from harness.suite.lines import LineDict, LineList
 
 MAX_MESSAGE = 1000  # characters; a message quotes user input, which may be huge
@@ -58,9 +58,7 @@ def describe(value: Any) -> str:
 def unknown_key_message(key: Any, valid: Iterable[str]) -> str:
     """``unknown key 'x' (did you mean 'y'?); valid keys: a, b`` (keys in schema order)."""
     valid = list(valid)
-    close = suggest(str(key), valid)
-    hint = f" (did you mean '{close[0]}'?)" if close else ""
-    return f"unknown key '{key}'{hint}; valid keys: {', '.join(valid)}"
+    return f"unknown key '{key}'{key_hint(key, valid)}; valid keys: {', '.join(valid)}"
 
 
 def key_line(mapping: LineDict, key: str) -> int:

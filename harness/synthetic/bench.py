@@ -137,7 +137,7 @@ def trial_metrics(traj: Trajectory, tol: float, steps: int) -> dict[str, list[fl
     }
 
 
-def run_cell(spec: Any, method: Any, record: dict[str, Any], progress: Callable[[int, int], None]) -> None:
+def solve_cell(spec: Any, method: Any, record: dict[str, Any], progress: Callable[[int, int], None]) -> None:
     """Solve one synthetic cell and fill ``record``: metrics, series, sparsity, eval and model info."""
     import torch
 

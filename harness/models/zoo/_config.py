@@ -6,10 +6,11 @@ the image classifiers (timm architectures trained on scikit-learn's digits, see 
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping
+
+from harness.core.registry import did_you_mean
 
 
 @dataclass(frozen=True)
@@ -153,10 +154,7 @@ def get_zoo_config(name: str) -> ZooConfig:
         return ZOO_MODELS[name]
     except KeyError:
         pass
-    msg = f"Unknown zoo model {name!r}."
-    close = difflib.get_close_matches(name, ZOO_MODELS, n=3)
-    if close:
-        msg += f" Did you mean: {', '.join(close)}?"
+    msg = f"Unknown zoo model {name!r}.{did_you_mean(name, list(ZOO_MODELS))}"
     raise UnknownZooModelError(f"{msg} Available: {', '.join(sorted(ZOO_MODELS))}") from None
 
 
@@ -170,8 +168,5 @@ def get_vision_zoo_config(name: str) -> VisionZooConfig:
         return VISION_ZOO_MODELS[name]
     except KeyError:
         pass
-    msg = f"Unknown vision zoo model {name!r}."
-    close = difflib.get_close_matches(name, VISION_ZOO_MODELS, n=3)
-    if close:
-        msg += f" Did you mean: {', '.join(close)}?"
+    msg = f"Unknown vision zoo model {name!r}.{did_you_mean(name, list(VISION_ZOO_MODELS))}"
     raise UnknownZooModelError(f"{msg} Available: {', '.join(sorted(VISION_ZOO_MODELS))}") from None
