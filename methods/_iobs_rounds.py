@@ -78,7 +78,7 @@ def dense_copy(ctx: ModelContext) -> dict[str, "torch.Tensor"]:
 
 
 def run_rounds(p: Any, run_round: Callable[[int], list], score: Callable[[], float], layers: dict[str, Any],
-            have_val: bool) -> tuple[list, IterationLog]:
+               have_val: bool) -> tuple[list, IterationLog]:
     """Run up to T rounds; with ``select: val`` score each, keep the best weights, stop once worse than round 1."""
     scored = p.select == "val" and p.iterations > 1
     if scored and not have_val:

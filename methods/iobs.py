@@ -24,10 +24,9 @@ Example:
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 from harness.core.context import ModelContext
 from harness.core.lazy import torch
@@ -251,38 +250,6 @@ def prune_iterative(ctx: ModelContext, p: Any, target: Target, batches: list, va
         return val
 
     return run_rounds(p, run_round, score, ctx.layers, bool(val_batches))
-
-
-def _rounds(p: Any, run_round: Callable[[int], list], score: Callable[[], float], layers: dict[str, Any],
-            have_val: bool) -> tuple[list, IterationLog]:
-    """Run up to T rounds; with ``select: val`` score each, keep the best weights, stop once worse than round 1."""
-    scored = p.select == "val" and p.iterations > 1
-    if scored and not have_val:
-        raise ValueError("iobs select: val needs validation windows")
-    log = IterationLog()
-    best: tuple[float, dict, list] | None = None
-    reports: list = []
-    for t in range(1, p.iterations + 1):
-        t0 = time.perf_counter()
-        reports = run_round(t)
-        if scored:
-            val = score()
-            if not math.isfinite(val):
-                val = float("inf")
-            log.val_loss.append(val)
-            if best is None or val < best[0]:
-                best = (val, {n: m.weight.detach().to("cpu", copy=True) for n, m in layers.items()}, reports)
-        log.round_time_s.append(time.perf_counter() - t0)
-        if scored and t > 1 and log.val_loss[-1] > log.val_loss[0]:
-            log.stopped_early = True  # worse than round 1: later rounds only drift further
-            break
-    log.chosen = len(log.round_time_s)
-    if best is not None:
-        log.chosen = log.val_loss.index(best[0]) + 1
-        for n, m in layers.items():
-            m.weight.data.copy_(best[1][n].to(m.weight.device, m.weight.dtype))
-        reports = best[2]
-    return reports, log
 
 
 def fisher_round(ctx: ModelContext, p: Any, dense: dict[str, "torch.Tensor"], target: Target, batches: list

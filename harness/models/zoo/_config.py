@@ -144,18 +144,22 @@ class UnknownZooModelError(KeyError):
         return str(self.args[0])
 
 
+def _lookup(table: Mapping[str, Any], name: str, kind: str) -> Any:
+    try:
+        return table[name]
+    except KeyError:
+        pass
+    msg = f"Unknown {kind} {name!r}.{did_you_mean(name, list(table))}"
+    raise UnknownZooModelError(f"{msg} Available: {', '.join(sorted(table))}") from None
+
+
 def get_zoo_config(name: str) -> ZooConfig:
     """Look up a zoo model by name.
 
     Raises:
         UnknownZooModelError: With a did-you-mean suggestion and the available names.
     """
-    try:
-        return ZOO_MODELS[name]
-    except KeyError:
-        pass
-    msg = f"Unknown zoo model {name!r}.{did_you_mean(name, list(ZOO_MODELS))}"
-    raise UnknownZooModelError(f"{msg} Available: {', '.join(sorted(ZOO_MODELS))}") from None
+    return _lookup(ZOO_MODELS, name, "zoo model")
 
 
 def get_vision_zoo_config(name: str) -> VisionZooConfig:
@@ -164,9 +168,4 @@ def get_vision_zoo_config(name: str) -> VisionZooConfig:
     Raises:
         UnknownZooModelError: With a did-you-mean suggestion and the available names.
     """
-    try:
-        return VISION_ZOO_MODELS[name]
-    except KeyError:
-        pass
-    msg = f"Unknown vision zoo model {name!r}.{did_you_mean(name, list(VISION_ZOO_MODELS))}"
-    raise UnknownZooModelError(f"{msg} Available: {', '.join(sorted(VISION_ZOO_MODELS))}") from None
+    return _lookup(VISION_ZOO_MODELS, name, "vision zoo model")
