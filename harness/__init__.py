@@ -70,11 +70,11 @@ def prune_weight(
     return out.to(device=weight.device, dtype=weight.dtype)
 
 
-def load_suite(path: Any):
+def load_suite(path: Any, *, trust_remote_code: bool = False):
     """Load and validate a suite YAML (see ``harness.suite.loader.load_suite``)."""
     from harness.suite.loader import load_suite as _load
 
-    return _load(path)
+    return _load(path, trust_remote_code=trust_remote_code)
 
 
 def run_suite(*args: Any, **kwargs: Any):

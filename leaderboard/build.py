@@ -242,7 +242,8 @@ def _status_cell(run: Run) -> Cell:
                     "not a leaderboard number", css="trial")
     if run.ok:
         return Cell("ok", "ok", "ok")
-    return Cell("failed", "failed", "failed", run.error or "failed", run_href(run.run_id), "failed")
+    # "failed" (the method's) or "error" (the machine's: no result, the next run retries it)
+    return Cell(run.status, run.status, run.status, run.error or run.status, run_href(run.run_id), "failed")
 
 
 # ---------------------------------------------------------------------------- tables

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from harness.core.registry import did_you_mean
+from harness.core.visible import visible
 from leaderboard.build import variant_labels
 from leaderboard.data import Run, target_order
 from leaderboard.metrics import better, metric_info
@@ -198,28 +199,32 @@ def compare(runs: Sequence[Run], method: str, baselines: Sequence[str] = (),
 
 
 def compare_table(result: Comparison):
-    """A rich Table of the deltas. Cells are ``Text``, so names are never read as markup."""
+    """A rich Table of the deltas. Cells are ``Text``, so names are never read as markup, and their
+    control characters are written as escapes."""
     from rich.table import Table
     from rich.text import Text
 
+    def _text(value: str, style: str = "") -> Text:
+        return Text(visible(value), style=style)
+
     suites = len({d.suite for d in result.deltas}) > 1
-    t = Table(title=f"{result.method} vs {', '.join(result.baselines)}", header_style="bold",
-              caption=f"Δ = {result.method} − baseline; * |Δ| > {SIGMAS:g}·sqrt(se1²+se2²); "
-                      "↓ lower is better, ↑ higher is better"
-                      + (f"; failed runs not compared: {result.failed_runs}"
-                         if result.failed_runs else ""))
+    t = Table(title=_text(f"{result.method} vs {', '.join(result.baselines)}"), header_style="bold",
+              caption=_text(f"Δ = {result.method} − baseline; * |Δ| > {SIGMAS:g}·sqrt(se1²+se2²); "
+                            "↓ lower is better, ↑ higher is better"
+                            + (f"; failed runs not compared: {result.failed_runs}"
+                               if result.failed_runs else "")))
     numeric = (result.method, "baseline value", "Δ", "Δ %")
     variants = any(d.variant for d in result.deltas)
     cols = (["suite"] if suites else []) + ["model", "target"] + ([f"{result.method} variant"] if variants else []) + [
         "metric", "baseline", *numeric, "", "verdict"]
     for c in cols:
-        t.add_column(Text(c), justify="right" if c in numeric else "left",
+        t.add_column(_text(c), justify="right" if c in numeric else "left",
                      no_wrap=c != "model")
     styles = {"better": "green", "worse": "red", "tie": ""}
 
     def side(info, s: Side) -> Text:
         se = info.format_stderr(s.stderr)
-        return Text(info.format(s.value) + (f" ± {se}" if se else ""))
+        return _text(info.format(s.value) + (f" ± {se}" if se else ""))
 
     for d in result.deltas:
         info = metric_info(d.metric)
@@ -232,11 +237,11 @@ def compare_table(result: Comparison):
         else:
             shown = f"{d.delta:+.4g}"
         verdict = d.verdict if d.worse or d.verdict != "worse" else "worse (n.s.)"
-        row = ([Text(d.suite)] if suites else []) + [Text(d.model), Text(d.target)] + (
-            [Text(d.variant)] if variants else []) + [Text(f"{info.label} {info.arrow}"), Text(d.baseline_label),
-            side(info, d.method), side(info, d.base), Text(shown),
-            Text("–" if rel is None else f"{100 * rel:+.1f}%"),
-            Text("*" if d.significant else ""), Text(verdict, style=styles[d.verdict]),
+        row = ([_text(d.suite)] if suites else []) + [_text(d.model), _text(d.target)] + (
+            [_text(d.variant)] if variants else []) + [_text(f"{info.label} {info.arrow}"), _text(d.baseline_label),
+            side(info, d.method), side(info, d.base), _text(shown),
+            _text("–" if rel is None else f"{100 * rel:+.1f}%"),
+            _text("*" if d.significant else ""), _text(verdict, style=styles[d.verdict]),
         ]
         t.add_row(*row)
     return t

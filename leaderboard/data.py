@@ -68,7 +68,7 @@ class Run:
     method: str
     target: str
     seed: int
-    status: str  # "ok" or "failed"
+    status: str  # "ok", "failed" (the method's) or "error" (the machine's, not a result)
     error: str | None
     traceback: str | None
     spec: dict[str, Any]

@@ -53,19 +53,24 @@ def test_local_pool_gives_the_same_records_as_inline(tmp_path):
     assert len(stored_runs(tmp_path / "b" / "sb.duckdb")) == 3
 
 
-def test_dead_worker_fails_only_its_cell_and_is_replaced(tmp_path):
+def test_dead_worker_loses_only_its_cell_and_is_replaced(tmp_path):
+    """SIGKILL is ambiguous (the OOM killer, or someone's kill -9): an error, which a plain rerun
+    retries; killed again on that retry, the cell is failed and no longer retried."""
     suite = load_suite(write_suite(tmp_path, methods="magnitude, dense", targets="0.5"))
     store = Store(tmp_path / "sb.duckdb")
     rep = Events()
     results = run_suite(suite, store=store, device="cpu", reporter=rep,
                         executor=LocalExecutor(jobs=1, cell_fn=die_on_magnitude))
-    assert [(r.spec.method, r.status) for r in results] == [("magnitude", "failed"), ("dense", "ok")]
+    assert [(r.spec.method, r.status) for r in results] == [("magnitude", "error"), ("dense", "ok")]
     msg = "worker died with signal 9 (killed; out of memory?) while running this cell"
     assert results[0].error == msg
     assert store.query("SELECT method, status, error FROM runs ORDER BY method") == [
-        ("dense", "ok", None), ("magnitude", "failed", msg)]
-    assert store.finished_on_disk()[results[0].spec.run_id] == "failed"
-    assert rep.events[:2] == [("start", "magnitude", "0.5"), ("end", "magnitude", "0.5", "failed")]
+        ("dense", "ok", None), ("magnitude", "error", msg)]
+    assert store.finished_on_disk()[results[0].spec.run_id] == "error"
+    assert rep.events[:2] == [("start", "magnitude", "0.5"), ("end", "magnitude", "0.5", "error")]
+    again = run_suite(suite, store=store, device="cpu", executor=LocalExecutor(jobs=1, cell_fn=die_on_magnitude))
+    assert [(r.spec.method, r.status, r.error) for r in again] == [
+        ("magnitude", "failed", msg + ", as on its previous attempt"), ("dense", "skipped", None)]
 
 
 def report_visible_gpu(spec, suite_text, store, device, env, caches, reporter) -> str:

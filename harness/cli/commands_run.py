@@ -9,19 +9,33 @@ import os
 import sys
 import threading
 
-from harness.cli.common import EXIT_BAD_INPUT, EXIT_FAILED_CELLS, EXIT_INTERRUPTED, EXIT_OK, make_console, store_problem
+from harness.cli.common import (EXIT_BAD_INPUT, EXIT_FAILED_CELLS, EXIT_INTERRUPTED, EXIT_OK, eprint, make_console,
+                                store_problem)
 from harness.cli.executor_args import executor_from_args, first_ctrl_c_stops
+from harness.core.visible import visible
 
 
-def _load_suite_or_exit(path: str):
+def _load_suite_or_exit(path: str, trust_remote_code: bool = False):
     from harness.suite import SuiteError, load_suite
 
     try:
-        return load_suite(path)
+        return load_suite(path, trust_remote_code=trust_remote_code)
     except SuiteError as err:
-        for line in str(err).splitlines():
-            print(line, file=sys.stderr)
+        eprint(err)
         sys.exit(EXIT_BAD_INPUT)
+
+
+def _allow_remote_code(args, suite, console) -> None:
+    """``--trust-remote-code`` (the suite's key was checked with it): let the workers load such
+    models, and say which ones will run code from their own repositories."""
+    from harness.models.load import REMOTE_CODE_ENV
+
+    if args.trust_remote_code:
+        os.environ[REMOTE_CODE_ENV] = "1"
+    trusted = [m.id for m in suite.models if m.trust_remote_code]
+    if trusted:
+        console.print(f"running code from their own repositories (trust_remote_code): {', '.join(trusted)}",
+                      style="yellow")
 
 
 def _hub_needed(suite) -> bool:
@@ -62,7 +76,7 @@ def _set_offline(args, suite, console) -> None:
     else:
         offline = not _hub_reachable()
         if offline:
-            console.print("[yellow]Hugging Face hub unreachable: running offline (local caches only)[/]")
+            console.print("Hugging Face hub unreachable: running offline (local caches only)", style="yellow")
     if offline:
         os.environ["HF_HUB_OFFLINE"] = "1"
         os.environ["HF_DATASETS_OFFLINE"] = "1"
@@ -82,13 +96,12 @@ def cmd_validate(args) -> int:
     status = EXIT_OK
     for path in args.suites:
         try:
-            suite = load_suite(path)
+            suite = load_suite(path, trust_remote_code=args.trust_remote_code)
         except SuiteError as err:
-            for line in str(err).splitlines():
-                print(line, file=sys.stderr)
+            eprint(err)
             status = EXIT_BAD_INPUT
             continue
-        print(f"{path}: ok ({len(expand(suite))} cells)")
+        print(f"{visible(path)}: ok ({len(expand(suite))} cells)")
     return status
 
 
@@ -98,67 +111,82 @@ def cmd_run(args) -> int:
     from harness.suite import expand
 
     console = make_console()
-    suite = _load_suite_or_exit(args.suite)
+    suite = _load_suite_or_exit(args.suite, args.trust_remote_code)
+    _allow_remote_code(args, suite, console)
     if args.dry_run:
         cells = select(expand(suite), args.only)
         console.print(grid_table(suite, cells))
         return EXIT_OK
     _set_offline(args, suite, console)
     _set_tf32(args)
-    from rich.markup import escape
+    from rich.text import Text
 
     from harness.run.executors import ExecutorError
     from harness.run.runner import run_suite
-    from harness.store.index import Store, StoreBusy, StoreSchemaError
+    from harness.store.faults import StoreError
+    from harness.store.index import Store
+    from harness.store.records import RecordError
 
-    store = Store(args.db, on_wait=lambda msg: console.print(f"[yellow]{msg}[/]"))
+    try:
+        store = Store(args.db, on_wait=lambda msg: console.print(msg, style="yellow"))
+    except StoreError as err:  # --db "" (a directory, a damaged file: when it is opened, below)
+        return store_problem(err)
     reporter = CliReporter(console)
     try:
         executor = executor_from_args(args)
     except ValueError as err:
-        print(err, file=sys.stderr)
+        eprint(err)
         return EXIT_BAD_INPUT
     stop = threading.Event()
+    from harness.core.spec import DEFAULT_TIMEOUT_MIN
+
+    limit = None if args.executor == "inline" else args.timeout_min or suite.timeout_min or DEFAULT_TIMEOUT_MIN
     try:
-        with reporter, first_ctrl_c_stops(stop, console):
+        with reporter, first_ctrl_c_stops(stop, console, limit):
             results = run_suite(
                 suite, store=store, only=args.only, force=args.force, retry_failed=args.retry_failed,
-                device=args.device, reporter=reporter, executor=executor, stop=stop,
+                device=args.device, reporter=reporter, executor=executor, stop=stop, timeout_min=args.timeout_min,
             )
     except KeyboardInterrupt:
-        console.print(
-            f"[yellow]Interrupted. Every finished cell is saved in {args.db}; "
-            "run the same command again to resume.[/]"
-        )
+        console.print(f"Interrupted. Every finished cell is saved in {args.db}; "
+                      "run the same command again to resume.", style="yellow")
         return EXIT_INTERRUPTED
-    except (StoreBusy, StoreSchemaError, ExecutorError) as err:
+    except (StoreError, RecordError, ExecutorError) as err:  # one line each, with the fix (harness.store.faults)
         return store_problem(err)
     console.print(summary_table(suite.name, results))
-    failed = [r for r in results if r.status == "failed"]
+    failed = [r for r in results if r.status in ("failed", "error")]  # error: the machine's fault, rerun
     for r in failed:
         earlier = " (stored earlier)" if r.stored else ""
-        console.print(f"[red]failed[/]{earlier} {r.spec.short_id} {r.spec.model.id} {r.spec.method} {r.spec.target}: "
-                      f"{escape(r.error or '')}")
+        console.print(Text.assemble((r.status, "red"), visible(
+            f"{earlier} {r.spec.short_id} {r.spec.model.id} {r.spec.method} {r.spec.target}: {r.error or ''}")))
     console.print(f"Results: {args.db} (query the 'results' view).")
     if any(r.stored for r in failed):
         console.print("Cells stored as failed are not rerun; add --retry-failed to rerun them.")
+    if any(r.status == "error" for r in failed):
+        console.print("Cells in error (the machine's fault, not a result) run again when you rerun the same command.")
     not_run = [r for r in results if r.status == "not run"]
     if not_run:
-        console.print(f"[yellow]Stopped: {len(not_run)} cells not run. Run the same command again to resume.[/]")
+        console.print(f"Stopped: {len(not_run)} cells not run. Run the same command again to resume.", style="yellow")
         return EXIT_INTERRUPTED
     return EXIT_FAILED_CELLS if failed else EXIT_OK
 
 
 def cmd_reindex(args) -> int:
-    from harness.store.index import Store, StoreBusy, StoreSchemaError
+    from harness.store.faults import StoreError
+    from harness.store.index import Store
 
-    store = Store(args.db, on_wait=lambda msg: print(msg, file=sys.stderr))
-    if not store.runs_dir.is_dir():
-        print(f"no run directories at {store.runs_dir}; nothing to index", file=sys.stderr)
-        return EXIT_BAD_INPUT
     try:
-        n = store.reindex()
-    except (StoreBusy, StoreSchemaError) as err:
+        store = Store(args.db, on_wait=eprint)
+        if not store.runs_dir.is_dir():
+            eprint(f"no run directories at {store.runs_dir}; nothing to index")
+            return EXIT_BAD_INPUT
+        n = store.reindex()  # quarantines invalid records, moves a damaged database aside
+    except StoreError as err:
         return store_problem(err)
-    print(f"{n} records from {store.runs_dir} indexed into {store.db_path}")
+    line = f"{n} records from {store.runs_dir} indexed into {store.db_path}"
+    if store.quarantined:
+        line += f"; {len(store.quarantined)} invalid records quarantined in {store.quarantine_dir}"
+    if store.moved_aside is not None:
+        line += f"; the damaged database was moved to {store.moved_aside}"
+    print(visible(line))
     return EXIT_OK

@@ -12,27 +12,34 @@ from harness.cli.common import EXIT_BAD_INPUT, EXIT_FAILED_CELLS, EXIT_OK, make_
 
 def cmd_results(args) -> int:
     from harness.cli.report import results_table
+    from harness.store.faults import StoreError
     from harness.store.index import Store
 
-    if not Path(args.db).exists():
+    if args.db and not Path(args.db).exists():
         print(f"no results database at {args.db}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    make_console().print(results_table(Store(args.db), args.suite))
+    try:
+        table = results_table(Store(args.db), args.suite)
+    except StoreError as err:  # damaged, a directory, busy, another schema: one line with the fix
+        return store_problem(err)
+    make_console().print(table)
     return EXIT_OK
 
 
 def cmd_leaderboard(args) -> int:
-    if not Path(args.db).exists():
+    if args.db and not Path(args.db).exists():
         return no_db(args.db)
-    from harness.store.index import StoreBusy, StoreSchemaError
+    from harness.store.faults import StoreError, one_line
     from leaderboard.render import SiteError, build_site
 
     console = make_console()
     try:
         with console.status("building the leaderboard…"):
             summary = build_site(args.db, args.out, plots=not args.no_plots)
-    except (SiteError, StoreBusy, StoreSchemaError) as err:
+    except (SiteError, StoreError) as err:
         return store_problem(err)
+    except OSError as err:  # the site's folder: full, read-only
+        return store_problem(one_line(f"cannot write the site to {args.out}: {err}", 1000))
     failed = f", {summary.failed} failed" if summary.failed else ""
     console.print(
         f"{summary.runs} runs{failed}, {summary.tables} tables, {summary.models} model pages, "
@@ -43,15 +50,16 @@ def cmd_leaderboard(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    if not Path(args.db).exists():
+    if args.db and not Path(args.db).exists():
         return no_db(args.db)
-    from harness.store.index import Store, StoreBusy, StoreSchemaError
+    from harness.store.faults import StoreError
+    from harness.store.index import Store
     from leaderboard.compare import CompareError, compare, compare_table
     from leaderboard.data import load_runs
 
     try:
         result = compare(load_runs(Store(args.db)), args.method, args.baseline or (), args.suite)
-    except (CompareError, StoreBusy, StoreSchemaError) as err:
+    except (CompareError, StoreError) as err:
         return store_problem(err)
     console = make_console()
     console.print(compare_table(result))
@@ -66,27 +74,34 @@ def cmd_compare(args) -> int:
 
 
 def cmd_export(args) -> int:
-    if not Path(args.db).exists():
+    if args.db and not Path(args.db).exists():
         return no_db(args.db)
     import tempfile
 
-    from harness.store.index import Store, StoreBusy, StoreSchemaError
+    import duckdb
+
+    from harness.store.faults import StoreError, one_line
+    from harness.store.index import Store
     from leaderboard.data import export_results
 
     out = args.out or f"results.{args.format}"
-    store = Store(args.db)
     if out == "-" and args.format == "parquet":
         print("parquet is binary: give --out FILE", file=sys.stderr)
         return EXIT_BAD_INPUT
     try:
+        store = Store(args.db)
         if out == "-":
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / f"results.{args.format}"
                 export_results(store, args.format, path)
-                sys.stdout.write(path.read_text(encoding="utf-8"))
+                from harness.cli.common import stdout_data  # no raw control character reaches a terminal
+
+                sys.stdout.write(stdout_data(path.read_bytes().decode("utf-8"), args.format))  # "\r" kept
             return EXIT_OK
         n = export_results(store, args.format, Path(out))
-    except (StoreBusy, StoreSchemaError) as err:
+    except StoreError as err:
         return store_problem(err)
+    except (OSError, duckdb.IOException) as err:  # the output file: full disk, read-only folder
+        return store_problem(one_line(f"cannot write {out}: {err}", 1000))
     print(f"{n} rows of the results view written to {out}", file=sys.stderr)
     return EXIT_OK

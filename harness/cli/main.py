@@ -16,6 +16,7 @@ from harness.cli.commands_run import cmd_reindex, cmd_run, cmd_validate
 from harness.cli.commands_store import cmd_compare, cmd_export, cmd_leaderboard, cmd_results
 from harness.cli.common import DEFAULT_DB
 from harness.cli.executor_args import add_executor_args
+from harness.core.visible import visible
 
 
 def _add_leaderboard_parsers(sub) -> None:
@@ -57,8 +58,20 @@ def _add_leaderboard_parsers(sub) -> None:
     e.set_defaults(func=cmd_export)
 
 
+REMOTE_CODE_FLAG = "--trust-remote-code"
+REMOTE_CODE_HELP = ("allow the suite's models marked trust_remote_code: true to run code from their own "
+                    "repositories (both keys are needed; without this flag such a suite is refused)")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with control characters in its one-line errors (which quote the arguments) escaped."""
+
+    def error(self, message: str):  # type: ignore[override]
+        super().error(visible(message))
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="harness", description="sparsebench: prune, evaluate, record, compare.")
+    p = _Parser(prog="harness", description="sparsebench: prune, evaluate, record, compare.")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -77,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     net = r.add_mutually_exclusive_group()
     net.add_argument("--offline", action="store_true", help="never contact the Hugging Face hub")
     net.add_argument("--online", action="store_true", help="skip the hub reachability check")
+    r.add_argument(REMOTE_CODE_FLAG, action="store_true", help=REMOTE_CODE_HELP)
     add_executor_args(r)
     r.set_defaults(func=cmd_run)
 
@@ -91,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("validate", help="check suites (schema, methods, params, targets, ids) without running")
     v.add_argument("suites", nargs="+")
+    v.add_argument(REMOTE_CODE_FLAG, action="store_true", help=REMOTE_CODE_HELP)
     v.set_defaults(func=cmd_validate)
 
     ls = sub.add_parser("ls", help="list registered methods, model sources or datasets")
@@ -114,11 +129,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class _VisibleFormatter(logging.Formatter):
+    """Log lines with control characters escaped (a logged model id or error may hold any)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return visible(super().format(record), keep="\n")  # a logged traceback keeps its lines
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
-    )
+    handler = logging.StreamHandler()
+    handler.setFormatter(_VisibleFormatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, handlers=[handler])
     return args.func(args)
 
 

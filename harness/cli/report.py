@@ -1,4 +1,8 @@
-"""Terminal presentation for the CLI: rich progress and tables (renderables, no logic)."""
+"""Terminal presentation for the CLI: rich progress and tables (renderables, no logic).
+
+Every string that comes from a suite, a store or a plugin becomes a cell or a part through
+:func:`~harness.cli.console.text`: shown as it is, never read as markup, control characters escaped.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -8,7 +12,10 @@ from typing import Any, Callable, Iterator
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
+from harness.cli.console import text
+from harness.core.visible import visible
 from harness.run.reporter import CellResult, Reporter
 from harness.run.runner import cell_label
 from harness.core.metrics import lower_is_better, recovery  # noqa: F401  (re-exported)
@@ -17,7 +24,7 @@ from harness.core.spec import RunSpec
 
 def _progress(console: Console) -> Progress:
     return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         console=console, transient=True,
     )
 
@@ -51,7 +58,7 @@ class CliReporter(Reporter):
         self.console.print(message, markup=False)
 
     def cell_start(self, index: int, total: int, spec: RunSpec) -> None:
-        self.prefix = f"[{index + 1}/{total}] {cell_label(spec)}"
+        self.prefix = f"[{index + 1}/{total}] {visible(cell_label(spec))}"
         self.started[spec.run_id] = (self.prefix, time.perf_counter())
         for task in self.tasks.values():
             self.bars.remove_task(task)
@@ -59,27 +66,26 @@ class CliReporter(Reporter):
 
     def progress(self, task: str, done: int, total: int) -> None:
         if task not in self.tasks:
-            self.tasks[task] = self.bars.add_task(f"{self.prefix} {task}", total=total)
+            self.tasks[task] = self.bars.add_task(f"{self.prefix} {visible(task)}", total=total)
         self.bars.update(self.tasks[task], completed=done, total=total)
 
     def cell_end(self, result: CellResult) -> None:
         style = "green" if result.status == "ok" else "red"
         metrics = "  ".join(f"{k}={v:.3f}" for k, v in result.metrics.items())
-        extra = f" {result.error}" if result.error else ""
-        prefix, t0 = self.started.pop(result.spec.run_id, (cell_label(result.spec), time.perf_counter()))
-        self.console.print(
-            f"{prefix} [{style}]{result.status}[/] {time.perf_counter() - t0:.1f}s {metrics}{extra}"
-        )
+        extra = f" {visible(result.error)}" if result.error else ""
+        prefix, t0 = self.started.pop(result.spec.run_id, (visible(cell_label(result.spec)), time.perf_counter()))
+        self.console.print(Text.assemble(
+            f"{prefix} ", (visible(result.status), style), f" {time.perf_counter() - t0:.1f}s {metrics}{extra}"))
 
 
 @contextlib.contextmanager
 def step_progress(console: Console, description: str) -> Iterator[Callable[[int, int, float], None]]:
     """A bar for a (step, total, loss) callback, e.g. zoo training."""
     with _progress(console) as bars:
-        task = bars.add_task(description, total=None)
+        task = bars.add_task(visible(description), total=None)
 
         def cb(step: int, total: int, loss: float) -> None:
-            bars.update(task, completed=step, total=total, description=f"{description} loss {loss:.3f}")
+            bars.update(task, completed=step, total=total, description=f"{visible(description)} loss {loss:.3f}")
 
         yield cb
 
@@ -97,8 +103,8 @@ def grid_table(suite: Any, cells: list[RunSpec]) -> Table:
         caption = "synthetic sparse recovery: target = 1 - k/d; metrics final_dist, steps_to_tol, dist_at_10, " \
                   "support_recall (medians over each cell's trials)"
     t = Table(
-        title=f"{suite.name}: {len(cells)} cells",
-        caption=caption,
+        title=text(f"{suite.name}: {len(cells)} cells"),
+        caption=text(caption),
         header_style="bold",
     )
     t.add_column("run id", no_wrap=True)
@@ -109,7 +115,7 @@ def grid_table(suite: Any, cells: list[RunSpec]) -> Table:
     t.add_column("params")
     for c in cells:
         params = ", ".join(f"{k}={v}" for k, v in c.params.items()) or "-"
-        t.add_row(c.short_id[:8], c.model.label, method_label(c), c.target, str(c.seed), params)
+        t.add_row(*(text(v) for v in (c.short_id[:8], c.model.label, method_label(c), c.target, c.seed, params)))
     return t
 
 
@@ -124,7 +130,7 @@ def summary_table(title: str, results: list[CellResult]) -> Table:
     dense = {(r.spec.model.id, r.spec.seed): r.metrics for r in results if r.spec.method == "dense"}
     with_recovery = not all(r.spec.model.problem for r in results)
     varying = _varying_params(results)
-    t = Table(title=title, header_style="bold")
+    t = Table(title=text(title), header_style="bold")
     for col in ("model", "method", "target"):
         t.add_column(col, no_wrap=True)
     if varying:
@@ -132,7 +138,7 @@ def summary_table(title: str, results: list[CellResult]) -> Table:
     t.add_column("status")
     t.add_column("sparsity", justify="right")
     for i, m in enumerate(metrics):
-        t.add_column(m.replace("/", "/\n", 1), justify="right")
+        t.add_column(Text("/\n").join(text(part) for part in m.split("/", 1)), justify="right")
         if i == 0 and with_recovery:
             t.add_column("vs dense", justify="right")
     for r in results:
@@ -146,7 +152,7 @@ def summary_table(title: str, results: list[CellResult]) -> Table:
             if i == 0 and with_recovery:
                 rec = recovery(r.metrics.get(m), ref.get(m), m) if r.spec.method != "dense" else None
                 row.append(f"{rec:.1f}%" if rec is not None else "-")
-        t.add_row(*row)
+        t.add_row(*(text(v) for v in row))
     return t
 
 
@@ -181,9 +187,10 @@ def results_table(store: Any, suite: str | None) -> Table:
         runs.setdefault((s, model, method, target, status), {})[metric] = value
     t = Table(header_style="bold")
     for col in ("suite", "model", "method", "target", "status", *metrics):
-        t.add_column(col)
+        t.add_column(text(col))
     for key, vals in runs.items():
-        t.add_row(*key, *(f"{vals[m]:.3f}" if vals.get(m) is not None else "-" for m in metrics))
+        t.add_row(*(text(v if v is not None else "-") for v in key),
+                  *(f"{vals[m]:.3f}" if vals.get(m) is not None else "-" for m in metrics))
     return t
 
 

@@ -60,6 +60,10 @@ _FIELDS: dict[str, tuple[type, float, str]] = {
     "digit": (int, 0, "which digit glyph is θ*"),
     "init": (str, 0, "'uniform' (U(-1/√d, 1/√d), the authors') or 'zero'"),
 }
+# Upper bounds (README "Suite bounds"): far above the papers' settings (d=784, n=2d, 750 steps, 20
+# trials), far below what exhausts a machine (X is n x d and the solvers keep d x d float64 matrices).
+_MAX = {"n": 1_000_000, "d": 16_384, "steps": 1_000_000, "trials": 10_000}
+MAX_ND = 1 << 28  # n x d values in X
 _COMMON = ("n", "k", "noise", "steps", "tol", "trials", "init")
 _KEYS = {"gaussian": ("d", "k_star") + _COMMON, "digit": ("digit",) + _COMMON}
 INITS = ("uniform", "zero")
@@ -102,6 +106,9 @@ def resolve(name: str, raw: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[
                 problems.append((key, f"expected one of {', '.join(INITS)}, got {value!r}"))
         elif kind is int and (isinstance(value, bool) or not isinstance(value, int) or value < low):
             problems.append((key, f"expected an integer >= {int(low)}, got {value!r}"))
+        elif kind is int and key in _MAX and value > _MAX[key]:
+            problems.append((key, f"expected an integer >= {int(low)} and at most {_MAX[key]:,} (the limit), "
+                                  f"got {value!r}"))
         elif kind is float and (isinstance(value, bool) or not isinstance(value, (int, float))
                                 or not math.isfinite(value) or value < low):
             problems.append((key, f"expected a finite number >= {low:g}, got {value!r}"))
@@ -114,6 +121,8 @@ def resolve(name: str, raw: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[
         problems.append(("k_star", f"k_star={out['k_star']} exceeds d={out['d']}"))
     elif out["k"] >= out["d"]:
         problems.append(("k", f"k={out['k']} must be below d={out['d']} (k = d prunes nothing)"))
+    elif out["n"] * out["d"] > MAX_ND:
+        problems.append(("n", f"n x d is {out['n'] * out['d']:,} values; the limit is {MAX_ND:,}"))
     return out, problems
 
 

@@ -14,6 +14,10 @@ SPEC_VERSION = 1
 PACKAGE_PREFIX = "package:"  # a model's weights: package:MODULE/REL/PATH, a file inside an installed package
 DENSE = "dense"  # the baseline method: one cell per model and seed, target "0"
 DTYPES = ("auto", "float32", "float16", "bfloat16")  # a model's dtype in a suite
+# A cell's time limit in minutes (suite key `timeout_min`, `harness run --timeout-min`): the default
+# and the most a suite may ask. Not part of the spec: a limit changes no number, only whether one comes.
+DEFAULT_TIMEOUT_MIN = 24 * 60
+MAX_TIMEOUT_MIN = 7 * 24 * 60
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,31 @@ class NumericalError(RuntimeError):
     """Non-finite activations or statistics: the cell fails instead of storing garbage."""
 
 
+class MethodOutputError(RuntimeError):
+    """A method returned something that is not a weight for the layer it was given (one line)."""
+
+
+def _check_output(method: LayerMethod, name: str, w: torch.Tensor, result: Any) -> torch.Tensor:
+    """The returned weight, if it has the layer's shape (d_out, d_in) exactly and a floating dtype.
+
+    Checked on every layer before anything is written: a reshape would accept any weight of the
+    same size (a transposed square or rectangular matrix, a flattened one) and scramble the layer.
+    """
+    new = getattr(result, "weight", None)
+    if not isinstance(new, torch.Tensor):
+        got = f"a weight of type {type(new).__name__}" if hasattr(result, "weight") else type(result).__name__
+        raise MethodOutputError(f"{method.name} returned {got} for layer {name}; expected a PruneResult whose "
+                                f"weight is a tensor of shape (d_out, d_in) = {tuple(w.shape)}")
+    if tuple(new.shape) != tuple(w.shape):
+        raise MethodOutputError(f"{method.name} returned a weight of shape {tuple(new.shape)} for layer {name}; "
+                                f"expected (d_out, d_in) = {tuple(w.shape)}")
+    if not new.is_floating_point():
+        raise MethodOutputError(f"{method.name} returned a weight of dtype {str(new.dtype).replace('torch.', '')} "
+                                f"for layer {name}; expected a floating-point weight (the layer is "
+                                f"{str(w.dtype).replace('torch.', '')})")
+    return new
+
+
 def to_device(obj: Any, device: torch.device) -> Any:
     """Move tensors inside args/kwargs (tuples, lists, dicts) to ``device``; others unchanged."""
     if isinstance(obj, torch.Tensor):
@@ -150,7 +175,7 @@ def prune_layer(method: LayerMethod, name: str, mod: nn.Module, stats: LayerStat
     old = mod.weight.data
     w = old.reshape(old.shape[0], -1)  # (d_out, d_in); a view
     result = method.prune(name, w, stats, target)
-    new = result.weight.to(old.dtype)
+    new = _check_output(method, name, w, result).to(old.dtype)
     if not torch.isfinite(new).all():
         raise NumericalError(f"{method.name} produced non-finite weights in {name}")
     err = None

@@ -31,6 +31,19 @@ class ModelUnavailable(RuntimeError):
     """The model cannot be loaded here (offline, missing folder); the message is one line."""
 
 
+# The second key of remote code (``harness run --trust-remote-code`` sets it; the first is the
+# model's ``trust_remote_code: true`` in the suite): "1" lets this process run a repository's code.
+REMOTE_CODE_ENV = "SPARSEBENCH_TRUST_REMOTE_CODE"
+_REMOTE_CODE_HINT = "set 'trust_remote_code: true' on the model in the suite and pass --trust-remote-code to harness run"
+
+
+def _check_remote_code(spec: ModelSpec) -> None:
+    """Refuse ``trust_remote_code`` unless this run was allowed it too (one line naming both keys)."""
+    if spec.trust_remote_code and os.environ.get(REMOTE_CODE_ENV) != "1":
+        raise ModelUnavailable(f"model '{spec.id}' has 'trust_remote_code: true' in the suite, but this run was "
+                               f"not started with --trust-remote-code ({REMOTE_CODE_ENV}=1); both are needed")
+
+
 @dataclass
 class LoadedModel:
     model: Any  # a transformers PreTrainedModel or a timm model, in eval mode, on the CPU
@@ -96,6 +109,7 @@ def load_model(
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # the CLI draws its own progress; tqdm bars would interleave
+    _check_remote_code(spec)
     ref = parse_model_id(spec.id)
     dtype = resolve_dtype(spec.dtype, ref.source, device)
     info: dict[str, Any] = {"source": ref.source, "id": str(ref), "dtype": str(dtype).replace("torch.", "")}
@@ -124,6 +138,9 @@ def load_model(
         )
         tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=spec.trust_remote_code, **kwargs)
     except (OSError, ValueError) as exc:
+        if "trust_remote_code" in str(exc):  # transformers' text names its own argument, not our keys
+            raise ModelUnavailable(f"model '{ref}' needs to run code from its own repository; to allow it, "
+                                   f"{_REMOTE_CODE_HINT}") from exc
         if ref.source == "hf":
             raise _unavailable(ref, exc) from exc
         raise ModelUnavailable(f"cannot load model '{ref}' from {where}: {str(exc).splitlines()[0]}") from exc
@@ -213,6 +230,29 @@ def weights_file(weights: str, base_dir: Path | None = None) -> Path:
     return folder / rel
 
 
+def checkpoint_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be a checkpoint file (reads its first bytes only), or None.
+
+    A checkpoint is a ``torch.save`` file (a zip archive, or a pickle in the legacy format) or a
+    ``.safetensors`` file (an 8-byte little-endian header length, then a JSON header).
+    """
+    if not path.exists():
+        return "does not exist"
+    if not path.is_file():
+        return "is not a regular file (a checkpoint is a .pth/.pt/.bin or .safetensors file)"
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":  # torch.save: zip, or a legacy pickle
+        return None
+    if len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") <= size - 8:
+        return None  # safetensors
+    return "is not a checkpoint (expected a PyTorch .pth/.pt/.bin file or a .safetensors file)"
+
+
 def load_by_position(model: Any, file: str | Path) -> None:
     """Load a state dict written under other key names: the i-th tensor goes to the model's i-th
     entry. Refuses, naming the first difference, unless counts and every shape agree."""
@@ -273,8 +313,8 @@ def load_vision_model(
             raise ModelUnavailable(problem)
         if spec.weights is not None:
             weights = weights_file(spec.weights, base_dir)
-            if not weights.is_file():
-                raise ModelUnavailable(f"weights file '{weights}' for model '{ref}' does not exist")
+            if why := checkpoint_problem(weights):
+                raise ModelUnavailable(f"weights file '{weights}' for model '{ref}' {why}")
             kwargs["pretrained_cfg_overlay"] = {"file": str(weights)}
             info.update(path=str(weights), sha256=_sha256_of_files([weights]), weights_keys=spec.weights_keys)
     try:
@@ -283,13 +323,14 @@ def load_vision_model(
             load_by_position(model, weights)
         else:
             model = timm.create_model(name, pretrained=True, **kwargs)
-    except (OSError, RuntimeError, ValueError) as exc:  # hub errors are OSError/ValueError subclasses
-        if ref.source == "timm" and spec.weights is None:
+    except Exception as exc:  # hub errors are OSError/ValueError; a damaged file raises anything
+        if ref.source == "timm" and spec.weights is None and isinstance(exc, (OSError, RuntimeError, ValueError)):
             raise _timm_unavailable(ref, exc) from exc
         hint = ("; if the file comes from another port of this architecture, add 'weights_keys: position'"
                 if "Missing key" in str(exc) or "Unexpected key" in str(exc) else "")
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise ModelUnavailable(f"cannot load model '{ref}' from {spec.weights or name}: "
-                               f"{str(exc).strip().splitlines()[0]}{hint}") from exc
+                               f"{type(exc).__name__}: {first}{hint}") from exc
     model.eval().to(dtype)
     data_config = dict(timm.data.resolve_data_config(model=model))
     cfg = getattr(model, "pretrained_cfg", None) or {}

@@ -1,10 +1,12 @@
 """One cell: load the model, prune it through its family, measure sparsity, evaluate, fill the record.
 
-:func:`run_cell` always returns a complete record (status ok or failed): a failing method
-must not stop the suite, and the record keeps why.
+:func:`run_cell` always returns a complete record (status ok, failed or error): a failing method
+must not stop the suite, and the record keeps why. A full disk (or quota, or an I/O error) hit
+inside the cell is the machine's, not the method's: status "error" (:mod:`harness.run.faults`).
 """
 from __future__ import annotations
 
+import errno
 import logging
 import time
 import traceback
@@ -15,6 +17,8 @@ from harness.core.spec import RunSpec
 from harness.run.reporter import Reporter
 
 log = logging.getLogger(__name__)
+
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS})  # the machine's fault
 
 
 def default_device() -> str:
@@ -51,7 +55,7 @@ def run_cell(
     caches: dict[str, dict],
     reporter: Reporter,
 ) -> dict[str, Any]:
-    """Prune and evaluate one cell; always return a complete record (status ok or failed)."""
+    """Prune and evaluate one cell; always return a complete record (status ok, failed or error)."""
     from harness.run.env import peak_rss_bytes
 
     record = new_record(spec, suite_text, device=device, env=env)
@@ -59,7 +63,7 @@ def run_cell(
     try:
         _prune_and_evaluate(spec, record, device=device, caches=caches, reporter=reporter)
     except Exception as exc:  # one failed cell must not stop the suite; the record keeps why
-        record["status"] = "failed"
+        record["status"] = "error" if isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS else "failed"
         record["error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
         record["traceback"] = traceback.format_exc()
         log.info("cell %s failed: %s", spec.short_id, record["error"])

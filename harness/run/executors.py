@@ -6,14 +6,23 @@ index it in DuckDB. Only the process that called :func:`harness.run.runner.run_s
 DuckDB; workers and cluster jobs only write run directories.
 
 - :class:`InlineExecutor`: one cell after another in this process (debugging, tests).
-- :class:`LocalExecutor`: a pool of long-lived worker processes, one cell per worker at a
-  time, so an out-of-memory kill, a segfault or a CUDA error loses only that cell. With
-  several GPUs each worker sees one (``CUDA_VISIBLE_DEVICES``).
+- :class:`LocalExecutor`: a pool of long-lived worker processes (:mod:`harness.run.worker`),
+  one cell per worker at a time, so an out-of-memory kill, a segfault or a CUDA error loses
+  only that cell. With several GPUs each worker sees one (``CUDA_VISIBLE_DEVICES``).
 - :class:`SlurmExecutor` (in :mod:`harness.run.slurm`): one Slurm array task per cell through
   submitit.
 
-Stopping: once ``Batch.stop`` is set no cell starts; cells in flight finish. A
-``KeyboardInterrupt`` (a second Ctrl-C) kills the workers at once; their cells write nothing.
+A cell that ends without a record of its own (its worker died, it timed out, its record could
+not be written) is stored as ``"failed"`` or ``"error"`` by this process: see
+:mod:`harness.run.faults` for which is which.
+
+Time limit: with ``Batch.timeout_min`` set, a worker whose cell runs longer is killed (a fresh
+one takes its place) and the cell is stored as failed, ``timed out after N min``. The inline
+executor cannot stop its own cell and has no limit.
+
+Stopping: once ``Batch.stop`` is set no cell starts; cells in flight finish (or reach their time
+limit). A ``KeyboardInterrupt`` (a second Ctrl-C) kills the workers at once; their cells write
+nothing.
 """
 from __future__ import annotations
 
@@ -22,19 +31,26 @@ import multiprocessing
 import os
 import signal
 import threading
+import time
 import traceback
 from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from multiprocessing.connection import Connection, wait
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from harness.core.spec import RunSpec
+from harness.run.faults import (death_status, describe_exit, failed_record, on_disk, one_line, settle,
+                                started_since, store_and_finish)
+from harness.run.worker import run_and_write, worker_main
 
 log = logging.getLogger(__name__)
 
 EXECUTORS = ("local", "inline", "slurm")
+__all__ = ["EXECUTORS", "Batch", "ExecutorError", "InlineExecutor", "LocalExecutor", "describe_exit",
+           "failed_record", "run_and_write", "store_and_finish"]
 
 
 class ExecutorError(RuntimeError):
@@ -51,40 +67,15 @@ class Batch:
     store: Any  # harness.store.index.Store; executors use write_record and run_dir only
     reporter: Any  # harness.run.reporter.Reporter
     stop: threading.Event  # set: start no more cells
-    finish: Callable[[dict[str, Any]], None]  # called in this process with each written record
-
-
-def failed_record(spec: RunSpec, batch: Batch, device: str, error: str, tb: str | None = None) -> dict[str, Any]:
-    """The record of a cell whose run ended outside ``run_cell`` (its worker or job died)."""
-    from harness.run.env import environment
-    from harness.run.cell import new_record, now
-
-    record = new_record(spec, batch.suite_text, device=device, env=environment(device))
-    record.update(error=error, traceback=tb, finished_at=now(), wall_time_s=0.0)
-    return record
-
-
-def describe_exit(code: int | None) -> str:
-    """Why a worker process ended, e.g. ``worker died with signal 9 (killed; out of memory?)``."""
-    if code is None:
-        return "worker ended without an exit code"
-    if code >= 0:
-        return f"worker exited with code {code}"
-    num = -code
-    known = {signal.SIGKILL: "killed; out of memory?", signal.SIGSEGV: "segmentation fault",
-             signal.SIGABRT: "aborted", signal.SIGBUS: "bus error"}
-    try:
-        name = known.get(signal.Signals(num)) or signal.Signals(num).name
-    except ValueError:
-        name = "unknown signal"
-    return f"worker died with signal {num} ({name})"
+    finish: Callable[..., None]  # finish(record, stored=True): each record, in this process
+    timeout_min: float | None = None  # a cell's time limit (worker executors); None: no limit
 
 
 # ------------------------------------------------------------------------------ inline
 
 
 class InlineExecutor:
-    """Run the cells one after another in this process."""
+    """Run the cells one after another in this process (no time limit: it cannot stop itself)."""
 
     def run(self, batch: Batch) -> None:
         from harness.run.env import environment
@@ -99,73 +90,17 @@ class InlineExecutor:
             batch.reporter.cell_start(i, len(batch.cells), spec)
             record = run_cell(spec, batch.suite_text, device=device, env=env, caches=caches,
                               reporter=batch.reporter)
-            batch.store.write_record(record)
+            try:
+                batch.store.write_record(record)
+            except OSError as exc:  # a full disk, a read-only folder: not a result
+                store_and_finish(batch, failed_record(
+                    spec, batch, device, f"the cell's record could not be written: {one_line(exc)}",
+                    traceback.format_exc(), status="error"))
+                continue
             batch.finish(record)
 
 
 # ------------------------------------------------------------------------------- local
-
-
-class _ProgressPipe:
-    """The reporter a worker passes to ``run_cell``: forwards progress to the parent."""
-
-    def __init__(self, conn: Connection) -> None:
-        self.conn = conn
-
-    def progress(self, task: str, done: int, total: int) -> None:
-        try:
-            self.conn.send(("progress", task, done, total))
-        except OSError:  # the parent is gone: still finish the cell and write its record
-            pass
-
-    def __getattr__(self, name: str) -> Callable[..., None]:
-        return lambda *a, **k: None
-
-
-def run_and_write(spec: RunSpec, suite_text: str, store: Any, device: str, env: dict[str, Any],
-                  caches: dict[str, dict], reporter: Any) -> str:
-    """What a worker does with one cell: run it and write its record; returns the status."""
-    from harness.run.cell import run_cell
-
-    record = run_cell(spec, suite_text, device=device, env=env, caches=caches, reporter=reporter)
-    store.write_record(record)
-    return record["status"]
-
-
-def _worker_main(conn: Connection, db_path: str, device: str, threads: int | None,
-                 cell_fn: Callable[..., str]) -> None:
-    """A worker: take cells from ``conn`` until it sends None or closes; write each record."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    from harness.run.env import environment
-    from harness.store.index import Store
-
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
-    store = Store(db_path)
-    env = environment(device)
-    caches: dict[str, dict] = {"calibration": {}, "tokens": {}}
-    reporter = _ProgressPipe(conn)
-    try:
-        conn.send(("ready",))
-    except OSError:  # the parent died while this worker started
-        return
-    while True:
-        try:
-            msg = conn.recv()
-        except EOFError:  # the parent is gone
-            return
-        if msg is None:
-            return
-        spec, suite_text = msg
-        try:
-            status = cell_fn(spec, suite_text, store, device, env, caches, reporter)
-            conn.send(("done", spec.run_id, status))
-        except (BrokenPipeError, EOFError):
-            return
-        except Exception as exc:  # e.g. the run dir cannot be written
-            conn.send(("error", spec.run_id, f"{type(exc).__name__}: {exc}", traceback.format_exc()))
 
 
 @dataclass
@@ -175,6 +110,8 @@ class _Worker:
     device: str
     spec: RunSpec | None = None  # the cell in flight
     ready: bool = False
+    sent_at: datetime | None = None  # when the cell in flight was sent (UTC)
+    deadline: float | None = None  # time.monotonic() past which the cell in flight is killed
 
 
 @contextmanager
@@ -197,9 +134,11 @@ class LocalExecutor:
 
     Workers are started with ``spawn`` (never ``fork``: CUDA and threads do not survive it) and
     live for the whole suite, so torch is imported and calibration data is cached once per
-    worker. A worker that dies fails only its cell (``worker died with signal 9 ...``) and is
-    replaced. With ``device`` cuda (or unset) and GPUs present, worker ``i`` sees GPU
-    ``i % n_gpus`` only; on CPU each of ``jobs`` workers gets ``cpu_count // jobs`` threads.
+    worker. A worker that dies loses only its cell (``worker died with signal 9 ...``, stored
+    as "failed" or "error": :mod:`harness.run.faults`) and is replaced, as is one whose cell
+    runs past ``Batch.timeout_min`` (killed; the cell is stored as failed, ``timed out after N
+    min``). With ``device`` cuda (or unset) and GPUs present, worker ``i`` sees GPU ``i % n_gpus``
+    only; on CPU each of ``jobs`` workers gets ``cpu_count // jobs`` threads.
 
     Methods registered at runtime in this process (not through ``methods/`` or an entry point)
     do not exist in the workers; use :class:`InlineExecutor` for those.
@@ -228,6 +167,8 @@ class LocalExecutor:
                         if queue and w.ready and w.spec is None:
                             w.spec = queue.popleft()
                             batch.reporter.cell_start(index[w.spec.run_id], len(batch.cells), w.spec)
+                            w.sent_at = datetime.now(timezone.utc)
+                            w.deadline = time.monotonic() + batch.timeout_min * 60 if batch.timeout_min else None
                             w.conn.send((w.spec, batch.suite_text))
                 busy = [w for w in self.workers if w.spec is not None or not w.ready]
                 if not busy or (batch.stop.is_set() and all(w.spec is None for w in busy)):
@@ -241,6 +182,9 @@ class LocalExecutor:
                     # the pipe would spin forever without ever seeing the exit
                     if w.proc.sentinel in ready:
                         self._died(w, batch, ctx, threads, replace=bool(queue) and not batch.stop.is_set())
+                now = time.monotonic()
+                for w in [w for w in self.workers if w.spec is not None and w.deadline and now >= w.deadline]:
+                    self._timed_out(w, batch, ctx, threads, replace=bool(queue) and not batch.stop.is_set())
         finally:
             self._shutdown()
 
@@ -249,7 +193,7 @@ class LocalExecutor:
         gpu = None
         if device.startswith("cuda#"):  # one GPU of the list: the worker sees only it
             gpu, device = device.split("#", 1)[1], "cuda"
-        proc = ctx.Process(target=_worker_main, name="sparsebench-worker", daemon=True,
+        proc = ctx.Process(target=worker_main, name="sparsebench-worker", daemon=True,
                            args=(child, str(batch.store.db_path), device, threads, self.cell_fn))
         with _sigint_ignored(), _environ(CUDA_VISIBLE_DEVICES=gpu):
             proc.start()
@@ -276,11 +220,12 @@ class LocalExecutor:
             elif kind == "done":
                 spec, w.spec = w.spec, None
                 batch.finish(read_record(batch.store.run_dir(spec.run_id) / RECORD_FILE))
-            elif kind == "error":
+            elif kind == "error":  # outside run_cell; msg[4]: the machine's fault (an OSError)
                 spec, w.spec = w.spec, None
-                record = failed_record(spec, batch, w.device.split("#")[0], msg[2], msg[3])
-                batch.store.write_record(record)
-                batch.finish(record)
+                infra = len(msg) > 4 and bool(msg[4])
+                error = f"the cell's record could not be written: {msg[2]}" if infra else msg[2]
+                store_and_finish(batch, failed_record(spec, batch, w.device.split("#")[0], error, msg[3],
+                                                      status="error" if infra else "failed"))
 
     def _died(self, w: _Worker, batch: Batch, ctx: Any, threads: int | None, replace: bool) -> None:
         self._receive(w, batch)  # a "done" sent just before dying still counts
@@ -295,12 +240,36 @@ class LocalExecutor:
                                    "--executor inline to see the error in this process")
             return
         if w.spec is not None:
-            log.warning("%s while running cell %s", why, w.spec.short_id)
-            record = failed_record(w.spec, batch, w.device.split("#")[0], f"{why} while running this cell")
-            batch.store.write_record(record)
-            batch.finish(record)
+            self._lost(w, batch, f"{why} while running this cell", death_status(w.proc.exitcode))
         if replace:
             self.workers.append(self._start(ctx, batch, w.device, threads))
+
+    def _timed_out(self, w: _Worker, batch: Batch, ctx: Any, threads: int | None, replace: bool) -> None:
+        """Kill a worker whose cell ran past the time limit; store the cell as failed."""
+        self._receive(w, batch)  # it may have finished just now
+        if w.spec is None:
+            return
+        w.proc.kill()
+        w.proc.join()
+        self.workers.remove(w)
+        w.conn.close()
+        self._lost(w, batch, f"timed out after {batch.timeout_min:g} min", "failed")
+        if replace:
+            self.workers.append(self._start(ctx, batch, w.device, threads))
+
+    @staticmethod
+    def _lost(w: _Worker, batch: Batch, error: str, status: str) -> None:
+        """Store the cell of a worker that is gone: its own record if it wrote one before it
+        ended, else a record of why (``status`` "failed", "error" or "ambiguous", see settle)."""
+        spec, w.spec = w.spec, None
+        assert spec is not None and w.sent_at is not None
+        found = on_disk(batch, spec)
+        if started_since(found, w.sent_at):  # written, then killed before it could say so
+            batch.finish(found)
+            return
+        status, error = settle(status, error, found)
+        log.info("cell %s: %s", spec.short_id, error)  # the reporter shows it too
+        store_and_finish(batch, failed_record(spec, batch, w.device.split("#")[0], error, status=status))
 
     def _shutdown(self) -> None:
         """Idle workers are told to exit; busy ones (a second Ctrl-C, an error) are killed."""

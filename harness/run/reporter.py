@@ -9,7 +9,7 @@ from harness.core.spec import RunSpec
 @dataclass
 class CellResult:
     spec: RunSpec
-    status: str  # "ok", "failed", "skipped" (already stored as ok) or "not run" (stopped first)
+    status: str  # "ok", "failed", "error" (the machine's fault, rerun), "skipped" (stored as ok), "not run"
     metrics: dict[str, float] = field(default_factory=dict)
     error: str | None = None
     sparsity: float | None = None

@@ -3,6 +3,11 @@
 Each cell's record is self-contained and written atomically to its run directory before it
 is indexed in DuckDB, so a crash loses at most the cell in flight and the cells can later
 run in other processes. A failing cell is recorded with its error and the suite goes on.
+
+Rerun policy: a cell stored as ``"ok"`` is skipped (``force`` reruns it), one stored as
+``"failed"`` (the method's own failure) is reported and skipped (``retry_failed`` reruns it),
+and one stored as ``"error"`` (the machine's fault, not a result: :mod:`harness.run.faults`)
+always runs again.
 """
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ import threading
 from dataclasses import replace
 from typing import Any
 
-from harness.core.spec import RunSpec
+from harness.core.spec import DEFAULT_TIMEOUT_MIN, RunSpec
 from harness.run.reporter import CellResult, Reporter
 from harness.suite.loader import Suite, expand
 
@@ -41,15 +46,20 @@ def run_suite(
     reporter: Reporter | None = None,
     executor: Any = None,
     stop: threading.Event | None = None,
+    timeout_min: float | None = None,
 ) -> list[CellResult]:
     """Run every cell of ``suite`` not already stored; return one result per cell.
 
     Args:
         force: rerun every cell, even those stored as ok.
         retry_failed: rerun cells stored as failed (by default they are reported, not rerun).
+            Cells stored as ``"error"`` are always rerun.
         executor: where cells run (:mod:`harness.run.executors`); default in this process.
         stop: once set (e.g. by a first Ctrl-C), no new cell starts; cells in flight finish and
             the cells never started come back with status ``"not run"``.
+        timeout_min: a cell's time limit in minutes (worker executors: local, slurm); past it the
+            cell is killed and stored as failed. Default: the suite's ``timeout_min``, else
+            :data:`~harness.core.spec.DEFAULT_TIMEOUT_MIN` (24 h).
     """
     from harness.run.executors import Batch, InlineExecutor
 
@@ -57,20 +67,26 @@ def run_suite(
     cells = select(expand(suite), only)
     store.ingest_pending()  # records a crashed run wrote to disk but never indexed
     stored = store.statuses([c.run_id for c in cells])
-    rerun = {"ok", "failed"} if force else {"failed"} if retry_failed else set()
+    rerun = {"ok", "failed", "error"} if force else {"failed", "error"} if retry_failed else {"error"}
     todo = [c for c in cells if c.run_id not in stored or stored[c.run_id] in rerun]
     spec_by_id = {c.run_id: c for c in todo}
     failed_before = sum(1 for c in cells if stored.get(c.run_id) == "failed" and c.run_id not in spec_by_id)
     reporter.plan(cells, len(cells) - len(todo), failed=failed_before)
+    errors_before = sum(1 for c in cells if stored.get(c.run_id) == "error")
+    if errors_before:
+        reporter.note(f"rerunning {errors_before} cells stored as error (the machine's fault, not a result)")
+    limit = timeout_min or suite.timeout_min or DEFAULT_TIMEOUT_MIN
     results: dict[str, CellResult] = {}
     busy: list[str] = []
 
-    def finish(record: dict[str, Any]) -> None:
-        """The executor wrote ``record`` to its run dir: index it and report it."""
+    def finish(record: dict[str, Any], stored: bool = True) -> None:
+        """The executor wrote ``record`` to its run dir (``stored`` False: it could not, and the
+        cell is an error that the next run retries): index it and report it."""
         from harness.store.index import StoreBusy
 
         try:
-            store.ingest(record)
+            if stored:
+                store.ingest(record)
         except StoreBusy as exc:  # the record is safe on disk; index it at the end
             busy.append(record["run_id"])
             reporter.note(f"{exc} (the record is kept; indexing is retried at the end)")
@@ -82,7 +98,7 @@ def run_suite(
         reporter.cell_end(res)
 
     executor = executor or InlineExecutor()
-    executor.run(Batch(todo, suite.text, device, store, reporter, stop or threading.Event(), finish))
+    executor.run(Batch(todo, suite.text, device, store, reporter, stop or threading.Event(), finish, limit))
     if busy:
         store.ingest_pending()  # waits up to store.wait_s for the database again
     previous = _stored_results(store, [c.run_id for c in cells if c.run_id not in results])
@@ -103,7 +119,7 @@ def headline_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def _stored_results(store: Any, run_ids: list[str]) -> dict[str, CellResult]:
-    """Stored cells as results: ok ones as "skipped", failed ones as "failed" with their error."""
+    """Stored cells as results: ok ones as "skipped", failed (or error) ones with their error."""
     if not run_ids:
         return {}
     rows = store.query(
@@ -117,7 +133,7 @@ def _stored_results(store: Any, run_ids: list[str]) -> dict[str, CellResult]:
         res = out.get(run_id)
         if res is None:
             res = out[run_id] = CellResult(
-                None, "skipped" if status == "ok" else "failed", {}, error, sparsity,  # type: ignore[arg-type]
+                None, "skipped" if status == "ok" else status, {}, error, sparsity,  # type: ignore[arg-type]
                 wall or 0.0, stored=True)
         if metric is not None:
             res.metrics[metric] = value

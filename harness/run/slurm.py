@@ -2,9 +2,15 @@
 
 Each task runs :func:`slurm_cell`, which runs the cell and writes its record to the run dir
 on the shared file system; this process polls the jobs and indexes each record as it appears.
-A task that ends without a record (cancelled, timed out, killed for memory) is stored as failed
-with submitit's explanation. ``cluster="local"`` runs the same array with submitit's local
-executor (no Slurm; used in tests).
+A task that ends without a record is stored with Slurm's reason: as failed when the cell ran
+past its time limit (``TIMEOUT``: ``timed out after N min``) or out of its memory
+(``OUT_OF_MEMORY``), as an error (:mod:`harness.run.faults`; a plain rerun retries it) when the
+machine got in the way (a node failure, preemption, a cancel, the task raising outside the cell,
+e.g. its record could not be written); any other end without a record is ambiguous (an error
+the first time, failed the second). ``cluster="local"`` runs the same array with submitit's
+local executor (no Slurm; used in tests).
+
+Off a cluster (no ``srun`` or ``sbatch``), :func:`slurm_missing` says so in one line.
 
 Without Slurm accounting (``sacct``), submitit cannot see a killed job end; on such clusters put
 an ``scontrol``-based ``sacct`` on the PATH (see ``tests/slurm/sacct``).
@@ -12,6 +18,8 @@ an ``scontrol``-based ``sacct`` on the PATH (see ``tests/slurm/sacct``).
 from __future__ import annotations
 
 import logging
+import math
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,10 +27,24 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from harness.run.executors import Batch, ExecutorError, failed_record
-from harness.core.spec import RunSpec
+from harness.core.spec import DEFAULT_TIMEOUT_MIN, RunSpec
+from harness.run.executors import Batch, ExecutorError
+from harness.run.faults import failed_record, on_disk, settle, started_since, store_and_finish
 
 log = logging.getLogger(__name__)
+
+# Slurm states of a task that ended without a record through no doing of its cell (the machine's)
+INFRA_STATES = ("BOOT_FAIL", "CANCELLED", "DEADLINE", "NODE_FAIL", "PREEMPTED", "REVOKED", "SUSPENDED")
+
+
+def slurm_missing() -> str | None:
+    """One line when this machine has no Slurm (``srun``, ``sbatch`` not on PATH), else None."""
+    missing = [cmd for cmd in ("srun", "sbatch") if shutil.which(cmd) is None]
+    if not missing:
+        return None
+    return (f"--executor slurm: Slurm was not found on this machine (no {' or '.join(missing)} on PATH); "
+            "run on the cluster's login node, or run here with --executor local (the default; --jobs N runs "
+            "N cells at once)")
 
 
 def slurm_cell(spec: RunSpec, suite_text: str, db_path: str, device: str) -> str:
@@ -49,7 +71,7 @@ class SlurmExecutor:
 
     partition: str | None = None  # Slurm partition; None: the cluster's default
     gpus_per_job: int = 0  # GPUs per task; with 0 the cells run on the CPU unless --device says
-    timeout_min: int = 60  # wall-clock limit per task
+    timeout_min: float | None = None  # a task's time limit; None: the batch's (suite, --timeout-min, 24 h)
     array_parallelism: int = 32  # tasks of the array running at once
     cpus_per_job: int | None = None  # None: Slurm's default
     mem_gb: float | None = None  # None: Slurm's default
@@ -65,9 +87,16 @@ class SlurmExecutor:
             import submitit
         except ImportError as exc:
             raise ExecutorError("--executor slurm needs submitit: pip install 'sparsebench[slurm]'") from exc
+        if self.cluster == "slurm" and (why := slurm_missing()):
+            raise ExecutorError(why)
         folder = Path(self.folder) if self.folder else batch.store.root / "slurm"
-        executor = submitit.AutoExecutor(folder=folder / "%j", cluster=self.cluster)
-        params: dict[str, Any] = {"timeout_min": self.timeout_min, "name": "sparsebench",
+        try:
+            executor = submitit.AutoExecutor(folder=folder / "%j", cluster=self.cluster)
+        except RuntimeError as exc:  # e.g. 'Could not detect "srun"'
+            raise ExecutorError(f"--executor slurm: {exc}; run here with --executor local") from exc
+        # Slurm counts whole minutes
+        minutes = max(1, math.ceil(self.timeout_min or batch.timeout_min or DEFAULT_TIMEOUT_MIN))
+        params: dict[str, Any] = {"timeout_min": minutes, "name": "sparsebench",
                                   "slurm_array_parallelism": self.array_parallelism}
         for key, value in (("gpus_per_node", self.gpus_per_job or None), ("slurm_partition", self.partition),
                            ("cpus_per_task", self.cpus_per_job), ("mem_gb", self.mem_gb)):
@@ -97,7 +126,7 @@ class SlurmExecutor:
                 for job, spec in list(pending):
                     if job.done():
                         pending.remove((job, spec))
-                        self._collect(job, spec, batch, device, submitted, job.job_id in cancelled)
+                        self._collect(job, spec, batch, device, submitted, job.job_id in cancelled, minutes)
                 if pending:
                     time.sleep(self.poll_s)
         except KeyboardInterrupt:  # a second Ctrl-C: cancel everything, index nothing more
@@ -116,7 +145,7 @@ class SlurmExecutor:
         return out
 
     def _collect(self, job: Any, spec: RunSpec, batch: Batch, device: str, submitted: datetime,
-                 cancelled: bool) -> None:
+                 cancelled: bool, minutes: int) -> None:
         from harness.store.records import RECORD_FILE, RecordError, read_record
 
         path = batch.store.run_dir(spec.run_id) / RECORD_FILE
@@ -133,20 +162,36 @@ class SlurmExecutor:
             else:
                 batch.finish(record)
                 return
-        try:  # it may have written its record before it was killed
-            record = read_record(path)
-            if datetime.fromisoformat(record["started_at"]) >= submitted:
-                batch.finish(record)
-                return
-        except (RecordError, OSError, KeyError, ValueError):
-            pass
+        found = on_disk(batch, spec)
+        if started_since(found, submitted):  # it wrote its record before it was killed
+            batch.finish(found)
+            return
         if cancelled:
             return  # stopped before it started: "not run"
-        why = f"{self.cluster} job {job.job_id} ended without a result: {type(error).__name__}: {_summary(error)}"
-        log.warning("%s", why)
-        record = failed_record(spec, batch, device, why, str(error))
-        batch.store.write_record(record)
-        batch.finish(record)
+        status, why, marker = self._fault(job, error, minutes)
+        status, why = settle(status, why, found, marker)
+        log.info("%s", why)  # the reporter shows it too
+        store_and_finish(batch, failed_record(spec, batch, device, why, str(error), status=status))
+
+    def _fault(self, job: Any, error: Exception, minutes: int) -> tuple[str, str, str]:
+        """(status, message, marker for :func:`~harness.run.faults.settle`) of a task that ended
+        without a record."""
+        from submitit.core.utils import FailedJobError
+
+        try:
+            state = (str(job.state).split() or ["UNKNOWN"])[0].upper()  # "CANCELLED by 1234": CANCELLED
+        except Exception:  # sacct failed: the state is unknown, not a reason to stop
+            state = "UNKNOWN"
+        head = f"{self.cluster} job {job.job_id}"
+        if state == "TIMEOUT":  # the cell's own slowness, as with local workers
+            return "failed", f"timed out after {minutes} min ({head})", ""
+        if state == "OUT_OF_MEMORY":
+            return "failed", f"{head} ran out of memory (Slurm state OUT_OF_MEMORY)", ""
+        marker = f"ended without a result ({state})"
+        why = f"{head} {marker}: {type(error).__name__}: {_summary(error)}"
+        if isinstance(error, FailedJobError) or state in INFRA_STATES:  # raised outside the cell, or the machine
+            return "error", why, marker
+        return "ambiguous", why, marker
 
 
 def _summary(error: Exception) -> str:

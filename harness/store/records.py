@@ -12,10 +12,15 @@ perplexity reads as NaN, never as a missing value (NULL). A non-finite float dir
 a list (not under an object key) has nowhere to keep its note and becomes ``null``.
 
 Timestamps are ISO-8601 in records.
+
+Every record is checked against the record schema (:mod:`harness.store.validate`) when it is
+written and when it is read. A run directory whose record fails (edited or damaged by hand,
+torn by a bad disk, from another version) is quarantined when the store scans the run
+directories: moved, never deleted, to ``<root>/quarantine/<folder name>/`` with a
+``QUARANTINED.txt`` saying when and why, and named in one warning line; the scan goes on.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -23,23 +28,24 @@ import numbers
 import os
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from harness.core.spec import canonical_json
+from harness.store.faults import one_line
+from harness.store.validate import RECORD_VERSION, clip, record_problems, summary  # noqa: F401  (RECORD_VERSION re-exported)
 
 log = logging.getLogger(__name__)
 
-RECORD_VERSION = 1
 RECORD_FILE = "record.json"
-_REQUIRED = ("record_version", "run_id", "spec_json", "suite", "model", "method", "target",
-             "seed", "status")
+QUARANTINE_NOTE = "QUARANTINED.txt"  # in a quarantined run directory: when and why
+MAX_RECORD_BYTES = 1 << 30  # a record.json larger than this is not read (it is quarantined)
 _RUN_ID = re.compile(r"[0-9a-f]{64}")
 
 
 class RecordError(ValueError):
-    """A record (dict or ``record.json``) is not valid JSON or lacks required fields."""
+    """A record (dict or ``record.json``) is not valid JSON or breaks the record schema."""
 
 
 def is_run_id(value: Any) -> bool:
@@ -74,59 +80,59 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def dump_record(record: dict[str, Any]) -> str:
-    """Checked, strict JSON text of a record, non-finite floats noted (see the module doc)."""
-    check_record(record)
-    return json.dumps(encode_nonfinite(record), indent=1, ensure_ascii=False, allow_nan=False) + "\n"
+    """Checked, strict JSON text of a record, non-finite floats noted (see the module doc).
+
+    The record is checked as it will be read back (numpy scalars as Python numbers), so what is
+    written always passes :func:`read_record`.
+    """
+    encoded = encode_nonfinite(record)
+    check_record(decode_nonfinite(encoded))
+    return json.dumps(encoded, indent=1, ensure_ascii=False, allow_nan=False) + "\n"
 
 
 def read_record(path: Path) -> dict[str, Any]:
     """Read and check one ``record.json``; non-finite floats come back as floats.
 
     Raises:
-        RecordError: the file is not valid JSON (e.g. torn) or not a valid record.
+        RecordError: the file cannot be read, is not valid JSON (e.g. torn) or not a valid record.
     """
     path = Path(path)
     try:
+        if not path.is_file():
+            raise RecordError(f"{path}: not a regular file")
+        if path.stat().st_size > MAX_RECORD_BYTES:
+            raise RecordError(f"{path}: larger than {MAX_RECORD_BYTES} bytes")
         record = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise RecordError(f"{path}: not valid JSON ({e})") from e
+    except OSError as e:
+        raise RecordError(f"{path}: cannot be read ({one_line(e, 120)})") from e
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, huge int literals
+        raise RecordError(f"{path}: not valid JSON ({one_line(e, 120)})") from e
     if not isinstance(record, dict):
         raise RecordError(f"{path}: expected a JSON object, got {type(record).__name__}")
     try:
         return check_record(decode_nonfinite(record))
+    except RecursionError as e:
+        raise RecordError(f"{path}: nested too deeply") from e
     except RecordError as e:
         raise RecordError(f"{path}: {e}") from e
 
 
 def check_record(record: dict[str, Any]) -> dict[str, Any]:
-    """Check a record's version, required fields and that ``run_id`` hashes ``spec_json``.
+    """Check a record against the record schema (:mod:`harness.store.validate`): version,
+    required fields, the run id (the SHA-256 of ``spec_json``), and the type and range of every
+    field the store keeps.
 
     Returns:
         The record itself, for chaining.
 
     Raises:
-        RecordError: naming every problem found.
+        RecordError: naming the problems found (on one line).
     """
-    problems = [f"missing '{k}'" for k in _REQUIRED if k not in record]
-    if record.get("record_version", RECORD_VERSION) != RECORD_VERSION:
-        problems.append(f"record_version {record['record_version']!r}, expected {RECORD_VERSION}")
-    run_id = record.get("run_id")
-    if not is_run_id(run_id):
-        problems.append(f"run_id {run_id!r} is not a lowercase SHA-256 hex digest")
-    elif isinstance(spec_json := record.get("spec_json"), str):
-        if hashlib.sha256(spec_json.encode()).hexdigest() != run_id:
-            problems.append("run_id is not the SHA-256 of spec_json")
-        elif "spec" in record and canonical_json(record["spec"]) != spec_json:
-            problems.append("spec does not match spec_json")
-    if "status" in record and record["status"] not in ("ok", "failed"):
-        problems.append(f"status {record['status']!r}, expected 'ok' or 'failed'")
-    for key in ("metrics", "layers", "series"):
-        items = record.get(key) or []
-        if not isinstance(items, list) or any(not isinstance(i, dict) or "name" not in i
-                                              for i in items):
-            problems.append(f"'{key}' must be a list of objects, each with a 'name'")
+    problems = record_problems(record)
     if problems:
-        raise RecordError(f"invalid record {str(run_id)[:12]}: " + "; ".join(problems))
+        run_id = record.get("run_id") if isinstance(record, dict) else None
+        name = run_id[:12] if isinstance(run_id, str) and _RUN_ID.fullmatch(run_id) else clip(run_id, 20)
+        raise RecordError(one_line(f"invalid record {name}: {summary(problems)}", 1000))
     return record
 
 
@@ -171,19 +177,72 @@ def decode_nonfinite(obj: Any) -> Any:
     return obj
 
 
-def scan_records(runs_dir: Path) -> Iterator[dict[str, Any]]:
-    """Valid records under ``runs_dir`` (``<run_id>/record.json``, sorted); invalid ones are
-    skipped with a warning, as is a record whose run id does not match its folder."""
+def scan_records(runs_dir: Path, quarantine_dir: Path | None = None,
+                 on_quarantine: Callable[[Path], None] | None = None) -> Iterator[dict[str, Any]]:
+    """Valid records under ``runs_dir`` (``<folder>/record.json``, sorted).
+
+    An invalid record (unreadable, not JSON, breaking the schema, or whose run id is not its
+    folder's name) is skipped with one warning line; with ``quarantine_dir`` its run directory is
+    also moved there (:func:`quarantine_run_dir`) and ``on_quarantine`` is called with the new path.
+    """
     if not runs_dir.is_dir():
         return
     for path in sorted(runs_dir.glob(f"*/{RECORD_FILE}")):
         try:
             record = read_record(path)
+            if record["run_id"] != path.parent.name:
+                raise RecordError(f"{path}: run_id {record['run_id'][:12]}... does not match its folder")
         except RecordError as e:
-            log.warning("skipping %s", e)
-            continue
-        if record["run_id"] != path.parent.name:
-            log.warning("skipping %s: run_id %s... does not match its folder", path,
-                        record["run_id"][:12])
+            reject(path.parent, str(e), quarantine_dir, on_quarantine)
             continue
         yield record
+
+
+def reject(run_dir: Path, why: str, quarantine_dir: Path | None,
+           on_quarantine: Callable[[Path], None] | None = None) -> None:
+    """Skip a bad run directory with one warning line; quarantine it when ``quarantine_dir`` is set.
+
+    ``why`` is a :class:`RecordError` message (``<path>: <reason>``) or any reason.
+    """
+    path = run_dir / RECORD_FILE
+    why = why.removeprefix(f"{path}: ")
+    if quarantine_dir is None:
+        log.warning("skipping %s: %s", one_line(path), one_line(why, 1000))
+        return
+    try:
+        moved = quarantine_run_dir(run_dir, quarantine_dir, why)
+    except FileNotFoundError:  # another process moved it first
+        return
+    except OSError as e:
+        log.warning("skipping %s (could not move it to %s: %s): %s", one_line(path), one_line(quarantine_dir),
+                    one_line(e, 120), one_line(why, 1000))
+        return
+    log.warning("quarantined %s (moved to %s): %s", one_line(path), one_line(moved), one_line(why, 1000))
+    if on_quarantine is not None:
+        on_quarantine(moved)
+
+
+def quarantine_run_dir(run_dir: Path, quarantine_dir: Path, why: str) -> Path:
+    """Move ``run_dir`` into ``quarantine_dir`` (never delete it) and note why beside its record.
+
+    The destination is ``quarantine_dir/<folder name>``, or ``<folder name>.N`` when a run
+    directory of that name was quarantined before. Returns the new path.
+
+    Raises:
+        OSError: it could not be moved (e.g. a read-only file system).
+    """
+    quarantine_dir.mkdir(parents=True, exist_ok=True)
+    dest = quarantine_dir / run_dir.name
+    n = 0
+    while dest.exists():
+        n += 1
+        dest = quarantine_dir / f"{run_dir.name}.{n}"
+    os.rename(run_dir, dest)  # same file system as runs/: atomic, nothing copied
+    stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    try:
+        (dest / QUARANTINE_NOTE).write_text(
+            f"quarantined {stamp} from {run_dir}\n{one_line(why, 10_000)}\nFix the record, move this folder back to "
+            f"{run_dir} (without this file) and run `harness reindex`.\n", encoding="utf-8")
+    except OSError:  # the note is a courtesy; the move is what matters
+        pass
+    return dest

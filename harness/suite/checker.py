@@ -13,10 +13,22 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 from harness.core.registry import key_hint, unknown_message
+from harness.core.visible import visible
 from harness.suite.lines import LineDict, LineList
 
 MAX_MESSAGE = 1000  # characters; a message quotes user input, which may be huge
-_ESCAPE_BREAKS = {ord(c): ascii(c)[1:-1] for c in "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"}
+
+# Upper bounds of the sizes a suite gives (README "Suite bounds"): far above any published
+# protocol, far below what exhausts a machine, so a typo fails validation instead of a worker.
+MAX_SAMPLES = 1_000_000  # calibration n_samples
+MAX_SEQLEN = 1 << 20  # tokens per window: calibration and perplexity seqlen, lm_eval max_length
+MAX_CALIBRATION_TOKENS = 1 << 30  # n_samples x seqlen
+MAX_BATCH = 1 << 16  # batch_size, lm_eval batch_size
+MAX_SEED = 2**31 - 1  # seeds, calibration.seed
+MAX_ITEMS = 10_000_000  # evaluated items: perplexity max_windows, lm_eval limit, image-eval limit
+MAX_ROUNDS = 1_000  # calibration augment_rounds
+MAX_FEWSHOT = 1_000  # lm_eval num_fewshot
+MAX_PARAM_INT = 2**31 - 1  # any integer a method's params take (|value|)
 
 
 @dataclass(frozen=True)
@@ -31,7 +43,7 @@ class SuiteProblem:
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}:" if self.line is not None else f"{self.file}:"
         text = f"{where} {self.path}: {self.message}" if self.path else f"{where} {self.message}"
-        text = text.translate(_ESCAPE_BREAKS)  # one line per problem, even if a quoted key holds "\n"
+        text = visible(text)  # one line per problem, no control character reaches the terminal
         return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 3] + "..."
 
 
@@ -121,10 +133,13 @@ class Checker:
                     self.err(value.item_lines[i], f"{path}[{i}]", f"duplicate of {path}[{j}]")
         return out
 
-    def integer(self, value: Any, path: str, line: int, minimum: int) -> int | None:
+    def integer(self, value: Any, path: str, line: int, minimum: int, maximum: int | None = None) -> int | None:
+        bound = "> 0" if minimum == 1 else f">= {minimum}"
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            bound = "> 0" if minimum == 1 else f">= {minimum}"
             self.err(line, path, f"expected an integer {bound}; got {describe(value)}")
+        elif maximum is not None and value > maximum:
+            self.err(line, path, f"expected an integer {bound} and at most {maximum:,} (the limit); "
+                                 f"got {describe(value)}")
         return value
 
     def string(self, value: Any, path: str, line: int) -> str | None:
@@ -151,6 +166,11 @@ def int_at_least(minimum: int) -> Check:
     return lambda ck, value, path, line: ck.integer(value, path, line, minimum)
 
 
+def int_in(minimum: int, maximum: int) -> Check:
+    """An integer in ``[minimum, maximum]``; the message names the limit."""
+    return lambda ck, value, path, line: ck.integer(value, path, line, minimum, maximum)
+
+
 def check_str(ck: Checker, value: Any, path: str, line: int) -> Any:
     return ck.string(value, path, line)
 
@@ -162,6 +182,11 @@ def check_bool(ck: Checker, value: Any, path: str, line: int) -> Any:
 def check_optional_int(ck: Checker, value: Any, path: str, line: int) -> Any:
     """null, or an integer > 0."""
     return None if value is None else ck.integer(value, path, line, 1)
+
+
+def optional_int_in(maximum: int) -> Check:
+    """null, or an integer in ``[1, maximum]``."""
+    return lambda ck, value, path, line: None if value is None else ck.integer(value, path, line, 1, maximum)
 
 
 def number_in(low: float, high: float) -> Check:

@@ -15,6 +15,10 @@ that name one. The checks of the fields are in :mod:`harness.suite.schema` (imag
 rules in :mod:`harness.suite.vision`); what only the running machine can know (an ImageNet
 folder) is a warning, logged and kept in ``Suite.warnings``.
 
+Remote code needs two keys: a model's ``trust_remote_code: true`` in the suite, and
+``trust_remote_code=True`` here (``harness run --trust-remote-code``); without the second, the key
+is a problem on its line, naming the model and the flag.
+
 Seeds: the top-level ``seeds`` list makes one cell per seed, and a cell's seed is also its
 calibration seed. ``calibration.seed`` is accepted as the single seed when ``seeds`` is absent;
 giving both is an error, because one of them would be silently ignored.
@@ -31,7 +35,8 @@ from harness.core.spec import (DENSE, CalibrationSpec, ImageEvalSpec, LayerSelec
                                PerplexitySpec, RunSpec, SparsityProfile)
 from harness.core.target import Target
 from harness.data.text import IMAGE_DATASETS
-from harness.suite.checker import Checker, SuiteError, SuiteProblem, describe
+from harness.core.registry import key_hint
+from harness.suite.checker import Checker, SuiteError, SuiteProblem
 from harness.suite.lines import LineDict, YamlError, load_file
 from harness.suite.schema import REQUIRED_KEYS, cross_key_rules, suite_schema
 
@@ -58,15 +63,44 @@ class Suite:
     lm_eval: LmEvalSpec | None = None
     image_evals: tuple[ImageEvalSpec, ...] = ()
     warnings: tuple[str, ...] = ()  # file:line lines about things only the running machine can know
+    timeout_min: float | None = None  # a cell's time limit in minutes (worker executors); None: 24 h
 
 
-def _parse(ck: Checker, path: str, text: str, data: Any, line: int) -> Suite | None:
+REMOTE_CODE_FLAG = "--trust-remote-code"
+
+
+def _remote_code_rule(ck: Checker, data: LineDict, allowed: bool) -> None:
+    """``trust_remote_code: true`` runs a repository's own Python: only with the command-line flag too."""
+    models = data.get("models") if isinstance(data.get("models"), list) else []
+    for i, item in enumerate(models):
+        if not allowed and isinstance(item, LineDict) and item.get("trust_remote_code") is True:
+            ck.err(item.key_lines["trust_remote_code"], f"models[{i}].trust_remote_code",
+                   f"'{item.get('id')}' would run code from its own repository; this key needs "
+                   f"{REMOTE_CODE_FLAG} as well (harness run {REMOTE_CODE_FLAG}, harness validate "
+                   f"{REMOTE_CODE_FLAG})")
+
+
+def _not_a_suite(ck: Checker, data: Any, line: int, keys: list[str]) -> bool:
+    """A document that is no suite at all (a scalar, a list, or a mapping without one suite key):
+    one problem that quotes none of its content, which may be any file the path points at."""
+    if isinstance(data, LineDict):
+        if not data or any(str(k) in keys or key_hint(k, keys) for k in data):
+            return False  # a suite, perhaps with misspelt keys: report each key
+        got = f"a mapping of {len(data)} keys, none of them a suite key"
+    else:
+        kinds = ((list, "a list"), (str, "text"), (bool, "true or false"), ((int, float), "a number"))
+        got = next((what for kind, what in kinds if isinstance(data, kind)), "a scalar")
+    ck.err(line, "", f"not a suite: a suite must be a mapping with keys {', '.join(keys)}; the file holds {got}")
+    return True
+
+
+def _parse(ck: Checker, path: str, text: str, data: Any, line: int, trust_remote_code: bool) -> Suite | None:
     schema = suite_schema(os.path.dirname(path) or ".")
-    if not isinstance(data, LineDict):
-        ck.err(line, "", f"a suite must be a mapping with keys {', '.join(schema)}; got {describe(data)}")
+    if _not_a_suite(ck, data, line, list(schema)):
         return None
     top = ck.record(data, "", line, schema, REQUIRED_KEYS)
     cross_key_rules(ck, data)
+    _remote_code_rule(ck, data, trust_remote_code)
     if top is None or ck.problems:
         return None
 
@@ -79,15 +113,17 @@ def _parse(ck: Checker, path: str, text: str, data: Any, line: int) -> Suite | N
         calibration=calibration, perplexity=tuple(top.get("evals", {}).get("perplexity", ())),
         layers=top.get("layers", LayerSelection()), seeds=tuple(top.get("seeds", (calibration.seed,))),
         batch_size=top.get("batch_size", 8), lm_eval=evals.get("lm_eval"), image_evals=image_evals,
-        warnings=tuple(str(w) for w in ck.warnings))
+        warnings=tuple(str(w) for w in ck.warnings), timeout_min=top.get("timeout_min"))
 
 
-def load_suite(path: str | os.PathLike[str]) -> Suite:
+def load_suite(path: str | os.PathLike[str], *, trust_remote_code: bool = False) -> Suite:
     """Read and validate a suite file.
 
     Args:
         path: the suite file; kept exactly as given (a relative path stays relative) in
             ``Suite.path`` and in error messages.
+        trust_remote_code: allow models marked ``trust_remote_code: true`` (``harness run
+            --trust-remote-code``); without it each such model is a problem.
 
     Returns:
         The validated, frozen ``Suite``.
@@ -101,7 +137,7 @@ def load_suite(path: str | os.PathLike[str]) -> Suite:
     except YamlError as exc:
         raise SuiteError(SuiteProblem(file, line, "", message) for line, message in exc.problems) from exc
     ck = Checker(file)
-    suite = _parse(ck, file, doc.text, doc.data, doc.line)
+    suite = _parse(ck, file, doc.text, doc.data, doc.line, trust_remote_code)
     if suite is None:
         raise SuiteError(ck.problems)
     for warning in suite.warnings:

@@ -29,9 +29,11 @@ from harness.core.target import Target, TargetError
 from harness.data.text import IMAGE_DATASETS, dataset_names, text_dataset_names
 from harness.plugins import get_method
 from harness.suite import synthetic, vision
-from harness.suite.checker import (Check, Checker, check_bool, check_optional_int, check_regex, check_str,
-                                   describe, int_at_least, key_line, number_in)
+from harness.suite.checker import (MAX_BATCH, MAX_CALIBRATION_TOKENS, MAX_FEWSHOT, MAX_ITEMS, MAX_PARAM_INT,
+                                   MAX_ROUNDS, MAX_SAMPLES, MAX_SEED, MAX_SEQLEN, Check, Checker, check_bool,
+                                   check_regex, check_str, describe, int_in, key_line, number_in, optional_int_in)
 from harness.suite.lines import LineDict, LineList
+from harness.core.spec import DEFAULT_TIMEOUT_MIN, MAX_TIMEOUT_MIN
 
 REQUIRED_KEYS = ("name", "models", "methods")
 _NAME = re.compile(r"[A-Za-z0-9_.\-]+")
@@ -53,6 +55,15 @@ def _name(ck: Checker, value: Any, path: str, line: int) -> Any:
 
 def _description(ck: Checker, value: Any, path: str, line: int) -> Any:
     return "" if value is None else ck.string(value, path, line)  # `description:` left empty
+
+
+def timeout_min(ck: Checker, value: Any, path: str, line: int) -> float | None:
+    """A cell's time limit in minutes, ``0 < value <= MAX_TIMEOUT_MIN`` (a float is fine: 0.5)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= MAX_TIMEOUT_MIN:
+        ck.err(line, path, f"expected a time limit per cell in minutes, more than 0 and at most {MAX_TIMEOUT_MIN} "
+                           f"(7 days; default {DEFAULT_TIMEOUT_MIN}); got {describe(value)}")
+        return None
+    return float(value)
 
 
 # -------------------------------------------------------------------------------- models
@@ -186,9 +197,13 @@ def _method_params(ck: Checker, cls: Any, name: str, params: LineDict | None, pa
     """The method's ``Params`` with every default filled in, as a dict; None when wrong (reported)."""
     try:
         resolved = params_dict(build_params(cls, params))
-        bad = [k for k, v in resolved.items() if isinstance(v, float) and not math.isfinite(v)]
-        if bad:  # results are stored as canonical JSON, which has no NaN or infinity
-            raise ParamsError([(k, f"expected a finite number, got {resolved[k]}") for k in bad])
+        bad = [(k, f"expected a finite number, got {v}") for k, v in resolved.items()
+               if isinstance(v, float) and not math.isfinite(v)]  # canonical JSON has no NaN or infinity
+        bad += [(k, f"expected an integer from -{MAX_PARAM_INT:,} to {MAX_PARAM_INT:,} (the limit), got {v}")
+                for k, v in resolved.items() if isinstance(v, int) and not isinstance(v, bool)
+                and abs(v) > MAX_PARAM_INT]
+        if bad:
+            raise ParamsError(bad)
     except ParamsError as exc:
         names = {f.name for f in fields(cls.Params)}
         for key, message in exc.problems:
@@ -217,18 +232,23 @@ def _target(ck: Checker, value: Any, path: str, line: int) -> Target | None:
 
 
 def _calibration(ck: Checker, value: Any, path: str, line: int, base_dir: str) -> CalibrationSpec | None:
-    schema = {"dataset": _dataset, "n_samples": int_at_least(1), "seqlen": int_at_least(1), "seed": int_at_least(0),
-              "augment_rounds": int_at_least(0), "bn_recalibration": check_bool, "root": check_str,
-              "sequential": check_bool}
+    schema = {"dataset": _dataset, "n_samples": int_in(1, MAX_SAMPLES), "seqlen": int_in(1, MAX_SEQLEN),
+              "seed": int_in(0, MAX_SEED), "augment_rounds": int_in(0, MAX_ROUNDS), "bn_recalibration": check_bool,
+              "root": check_str, "sequential": check_bool}
     before = len(ck.problems)
     rec = ck.record(value, path, line, schema)
+    if rec is not None:  # each size is within bounds; their product may not be
+        tokens = rec.get("n_samples", CalibrationSpec.n_samples) * (rec.get("seqlen") or CalibrationSpec.seqlen)
+        if tokens > MAX_CALIBRATION_TOKENS and rec.get("dataset", "pydoc") not in IMAGE_DATASETS:
+            ck.err(value.key_lines.get("n_samples", value.key_lines.get("seqlen", line)), f"{path}.n_samples",
+                   f"n_samples x seqlen is {tokens:,} calibration tokens; the limit is {MAX_CALIBRATION_TOKENS:,}")
     image = vision.calibration_keys(ck, value, path, base_dir) if isinstance(value, LineDict) else {}
     return None if rec is None or len(ck.problems) > before else CalibrationSpec(**{**rec, **image})
 
 
 def _perplexity(ck: Checker, value: Any, path: str, line: int) -> tuple[PerplexitySpec, ...]:
     def item(ck: Checker, value: Any, path: str, line: int) -> PerplexitySpec | None:
-        schema = {"dataset": _text_dataset, "seqlen": int_at_least(1), "max_windows": int_at_least(1)}
+        schema = {"dataset": _text_dataset, "seqlen": int_in(1, MAX_SEQLEN), "max_windows": int_in(1, MAX_ITEMS)}
         rec = ck.record(value, path, line, schema, ("dataset", "seqlen"))
         return None if rec is None else PerplexitySpec(**rec)
 
@@ -236,11 +256,11 @@ def _perplexity(ck: Checker, value: Any, path: str, line: int) -> tuple[Perplexi
 
 
 def _limit(ck: Checker, value: Any, path: str, line: int) -> Any:
-    ok = value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1) or (
+    ok = value is None or (isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_ITEMS) or (
         isinstance(value, float) and 0 < value < 1)
     if not ok:
-        ck.err(line, path, f"expected null, an integer >= 1 (items per task) or a fraction in (0, 1); "
-                           f"got {describe(value)}")
+        ck.err(line, path, f"expected null, an integer >= 1 and at most {MAX_ITEMS:,} (the limit) of items per task, "
+                           f"or a fraction in (0, 1); got {describe(value)}")
     return value
 
 
@@ -250,8 +270,8 @@ def _lm_eval(ck: Checker, value: Any, path: str, line: int) -> LmEvalSpec | None
 
     schema: dict[str, Check] = {
         "tasks": lambda ck, v, p, ln: ck.items(v, p, ln, "lm-eval task name", check_str),
-        "num_fewshot": int_at_least(0), "batch_size": int_at_least(1), "limit": _limit,
-        "max_length": check_optional_int, "metrics": lambda ck, v, p, ln: v, "allow_unknown_tasks": check_bool,
+        "num_fewshot": int_in(0, MAX_FEWSHOT), "batch_size": int_in(1, MAX_BATCH), "limit": _limit,
+        "max_length": optional_int_in(MAX_SEQLEN), "metrics": lambda ck, v, p, ln: v, "allow_unknown_tasks": check_bool,
     }
     before = len(ck.problems)
     rec = ck.record(value, path, line, schema, ("tasks",))
@@ -313,8 +333,9 @@ def suite_schema(base_dir: str) -> dict[str, Check]:
         "calibration": partial(_calibration, base_dir=base_dir),
         "evals": lambda ck, v, p, ln: ck.record(v, p, ln, _evals(base_dir)),
         "layers": _layers,
-        "seeds": lambda ck, v, p, ln: ck.items(v, p, ln, "integer seed", int_at_least(0)),
-        "batch_size": int_at_least(1),
+        "seeds": lambda ck, v, p, ln: ck.items(v, p, ln, "integer seed", int_in(0, MAX_SEED)),
+        "batch_size": int_in(1, MAX_BATCH),
+        "timeout_min": timeout_min,  # not in the run id: a time limit changes no number
     }
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from harness.suite.checker import Check, Checker, check_bool, check_optional_int, check_str
+from harness.suite.checker import MAX_ITEMS, Check, Checker, check_bool, check_str, optional_int_in
 from harness.suite.lines import LineDict
 from harness.data.text import IMAGE_DATASETS, dataset_names
 from harness.core.ids import ModelIdError, model_kind, parse_model_id
@@ -77,7 +77,7 @@ def image_eval(dataset: str, base_dir: str) -> Check:
     def check(ck: Checker, value: Any, path: str, line: int) -> ImageEvalSpec | None:
         if value is None:
             return ImageEvalSpec(dataset, agreement=unlabelled)
-        schema: dict[str, Check] = {"limit": check_optional_int, "agreement": check_bool}
+        schema: dict[str, Check] = {"limit": optional_int_in(MAX_ITEMS), "agreement": check_bool}
         if dataset == "imagenet":
             schema["root"] = check_str
         rec = ck.record(value, path, line, schema)
