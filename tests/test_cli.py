@@ -86,7 +86,7 @@ def test_offline_hub_model_gives_one_clear_line(tmp_path):
 
 
 def test_metric_directions():
-    from harness.cli.report import lower_is_better, recovery
+    from harness.core.metrics import lower_is_better, recovery
 
     assert lower_is_better("wikitext2/ppl@2048") and lower_is_better("tiny_wiki/bits_per_byte")
     assert lower_is_better("val_loss") and lower_is_better("synthetic/final_dist")

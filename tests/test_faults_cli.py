@@ -156,8 +156,8 @@ def test_run_with_markup_ids_and_errors_fails_only_those_cells(faulty_store):
     failed = [ln for ln in s.out.splitlines() if ln.startswith("failed ")]
     assert len(failed) == 8  # the missing model's five cells and the real model's three plugin faults
     by_method = {ln.split(": ", 1)[0].split()[-2]: ln for ln in failed if s.model in ln}
-    # a record keeps an error's first line (split at "\r" too); its characters are shown escaped
-    assert by_method["fault_raise"].endswith(r"ValueError: pattern [/a-z]\x1b[31m rejected\x07 here")
+    # a record keeps an error's first line (up to a newline: a "\r" stays); its characters are shown escaped
+    assert by_method["fault_raise"].endswith(r"ValueError: pattern [/a-z]\x1b[31m rejected\x07 here\rand there")
     assert by_method["fault_transposed"].endswith(
         "MethodOutputError: fault_transposed returned a weight of shape (128, 352) for layer "
         "model.layers.0.mlp.gate_proj; expected (d_out, d_in) = (352, 128)")
@@ -165,8 +165,10 @@ def test_run_with_markup_ids_and_errors_fails_only_those_cells(faulty_store):
         "MethodOutputError: fault_flat returned a weight of shape (1, 16384) for layer "
         "model.layers.0.self_attn.q_proj; expected (d_out, d_in) = (128, 128)")
     missing = [ln for ln in failed if s.missing in ln]
-    assert len(missing) == 5 and all(ln.endswith(r"ModelUnavailable: model folder '/nonexistent/[/y]\x1b]0;title\x07")
-                                     for ln in missing)  # the record keeps the error's first line (up to "\r")
+    assert len(missing) == 5 and all(
+        ln.endswith(r"ModelUnavailable: model folder '/nonexistent/[/y]\x1b]0;title\x07\rred' has no config.json "
+                    "(expected a save_pretrained folder)")
+        for ln in missing)  # the record keeps the whole first line of the error, "\r" included, shown escaped
     assert f"{s.model}/wanda/0.5" in s.out  # the per-cell line, escaped
 
 

@@ -223,7 +223,7 @@ def test_table_model_cells(db):
 
 
 def test_metric_declarations_agree_with_report_direction():
-    from harness.cli.report import lower_is_better
+    from harness.core.metrics import lower_is_better
     from leaderboard.metrics import MEASURES, format_value, metric_info
 
     for measure in MEASURES:

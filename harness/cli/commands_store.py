@@ -7,7 +7,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from harness.cli.common import EXIT_BAD_INPUT, EXIT_FAILED_CELLS, EXIT_OK, make_console, no_db, store_problem
+from harness.cli.common import EXIT_BAD_INPUT, EXIT_FAILED_CELLS, EXIT_OK, eprint, make_console, no_db, store_problem
 
 
 def cmd_results(args) -> int:
@@ -16,7 +16,7 @@ def cmd_results(args) -> int:
     from harness.store.index import Store
 
     if args.db and not Path(args.db).exists():
-        print(f"no results database at {args.db}", file=sys.stderr)
+        eprint(f"no results database at {args.db}")
         return EXIT_BAD_INPUT
     try:
         table = results_table(Store(args.db), args.suite)

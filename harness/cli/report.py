@@ -16,10 +16,10 @@ from rich.text import Text
 
 from harness.cli.console import text
 from harness.core.visible import visible
+from harness.core.metrics import recovery
+from harness.core.spec import RunSpec
 from harness.run.reporter import CellResult, Reporter
 from harness.run.runner import cell_label
-from harness.core.metrics import lower_is_better, recovery  # noqa: F401  (re-exported)
-from harness.core.spec import RunSpec
 
 
 def _progress(console: Console) -> Progress:

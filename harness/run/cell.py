@@ -64,7 +64,8 @@ def run_cell(
         _prune_and_evaluate(spec, record, device=device, caches=caches, reporter=reporter)
     except Exception as exc:  # one failed cell must not stop the suite; the record keeps why
         record["status"] = "error" if isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS else "failed"
-        record["error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        first = str(exc).strip().split("\n")[0]  # the first line; a "\r" inside it stays (made visible on print)
+        record["error"] = f"{type(exc).__name__}: {first}"
         record["traceback"] = traceback.format_exc()
         log.info("cell %s failed: %s", spec.short_id, record["error"])
     record["finished_at"] = now()

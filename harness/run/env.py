@@ -23,7 +23,8 @@ PACKAGES = ("torch", "transformers", "lm_eval", "timm", "duckdb", "tokenizers", 
             "datasets", "sparsebench")
 # Environment variables that change what runs where.
 TF32_ENV = "SPARSEBENCH_TF32"  # "1": let CUDA matmuls and convolutions use TF32 (``harness run --tf32``)
-ENV_VARS = ("CUDA_VISIBLE_DEVICES", "HF_HUB_OFFLINE", "OMP_NUM_THREADS", "SLURM_JOB_ID", TF32_ENV)
+ENV_VARS = ("CUDA_VISIBLE_DEVICES", "HF_HUB_OFFLINE", "OMP_NUM_THREADS", "SLURM_JOB_ID", TF32_ENV,
+            "SPARSEBENCH_TRUST_REMOTE_CODE")  # set by harness run --trust-remote-code
 GIT_TIMEOUT_S = 5.0
 
 _SOURCE_ROOT = Path(__file__).resolve().parents[2]  # the checkout holding harness/

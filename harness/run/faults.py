@@ -30,7 +30,8 @@ def one_line(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.errno is not None and exc.strerror:
         return f"{type(exc).__name__}: [Errno {exc.errno}] {exc.strerror}"
     text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+    first = text.split("\n")[0]
+    return f"{type(exc).__name__}: {first}" if text else type(exc).__name__
 
 
 def failed_record(spec: RunSpec, batch: Any, device: str, error: str, tb: str | None = None,
