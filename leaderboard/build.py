@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from harness.core.metrics import recovery
+from harness.core.metrics import in_zero_shot_average, recovery
 from leaderboard.data import Run, run_order
 from leaderboard.metrics import AVG_ZERO_SHOT, ZERO_SHOT_KIND, MetricInfo, as_percent, metric_info
 
@@ -251,13 +251,15 @@ def _status_cell(run: Run) -> Cell:
 
 def table_metrics(runs: Sequence[Run]) -> tuple[list[MetricInfo], list[str]]:
     """The table's metrics (non-zero-shot first, then zero-shot; each sorted) and the
-    zero-shot metric names that feed the average. Secondary lm-eval rows (not headline) are
-    left to the run pages."""
+    zero-shot metric names that feed the average: only the tasks declared in
+    :data:`harness.core.metrics.AVERAGED_TASKS` (the Wanda 7 and the offline tasks that pass
+    the discrimination rule); other accuracies keep their columns. Secondary lm-eval rows
+    (not headline) are left to the run pages."""
     names = sorted({m for r in runs for m, mv in r.metrics.items() if mv.shown})
     infos = [metric_info(n) for n in names]
     zero = [i for i in infos if i.kind == ZERO_SHOT_KIND]
     other = [i for i in infos if i.kind != ZERO_SHOT_KIND]
-    return other + zero, [i.name for i in zero]
+    return other + zero, [i.name for i in zero if in_zero_shot_average(i.name)]
 
 
 def build_table(runs: Sequence[Run], *, suite: str, family: str, table_id: str,

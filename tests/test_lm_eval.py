@@ -1,8 +1,8 @@
 """lm-eval through the adapter: faithful to lm-eval, re-evaluated after pruning, offline, validated.
 
 The model tests use the shipped zoo Llama and ``limit`` so the file stays fast on two busy
-cores; the offline tasks put the same sentences first in every task, so the cross-task cache
-collision (offline-notes §3, pitfall 2) is exercised even under a limit.
+cores; the offline minimal-pair tasks split the same first sentences at different places, so
+the cache collision (offline-notes §3, pitfall 2) is exercised even under a limit.
 """
 from __future__ import annotations
 
@@ -58,30 +58,34 @@ def run_direct(loaded, tasks, limit=LIMIT, logits_cache=False):
 
 
 def test_adapter_gives_lm_eval_numbers(llama):
-    tasks = ["tiny_cloze", "tiny_swap", "tiny_wiki"]
+    tasks = ["tiny_context", "tiny_corrupt", "tiny_wiki"]
     rows, info = run_adapter(llama, tasks)
     direct = run_direct(llama, tasks)
     expected = {f"{t}/{k.split(',')[0]}": v for t in tasks for k, v in direct[t].items()
                 if k.endswith(",none") and "_stderr" not in k}
     assert {n: r["value"] for n, r in rows.items()} == expected
-    assert rows["tiny_cloze/acc"]["stderr"] == direct["tiny_cloze"]["acc_stderr,none"]
+    assert rows["tiny_context/acc"]["stderr"] == direct["tiny_context"]["acc_stderr,none"]
     assert rows["tiny_wiki/bits_per_byte"]["stderr"] is None  # lm-eval says "N/A"
-    assert rows["tiny_cloze/acc"]["n"] == LIMIT and rows["tiny_wiki/bits_per_byte"]["n"] == min(LIMIT, 8)
-    assert {n for n, r in rows.items() if r["headline"]} == {"tiny_cloze/acc", "tiny_swap/acc",
+    assert rows["tiny_context/acc"]["n"] == LIMIT and rows["tiny_wiki/bits_per_byte"]["n"] == min(LIMIT, 8)
+    assert {n for n, r in rows.items() if r["headline"]} == {"tiny_context/acc", "tiny_corrupt/acc",
                                                             "tiny_wiki/bits_per_byte"}
-    assert info["lm_eval_version"] and info["task_versions"]["tiny_cloze"] == "1.0"
+    assert info["lm_eval_version"] and info["task_versions"]["tiny_context"] == "2.0"
     assert info["max_length"] == 128 and info["logits_cache"] is False and info["use_cache"] is None
     assert info["include_defaults"] is False and set(info["offline_data"]["sha256"]) == set(tasks)
 
 
 def test_tasks_together_equal_tasks_alone(llama):
-    # tiny_cloze and tiny_order share sentences split at different places: with lm-eval's
-    # logits cache on, the shared token sequences corrupt tiny_cloze (pitfall 2).
-    both, _ = run_adapter(llama, ["tiny_cloze", "tiny_order"])
-    alone = {**run_adapter(llama, ["tiny_cloze"])[0], **run_adapter(llama, ["tiny_order"])[0]}
+    # tiny_corrupt and tiny_swap split the same sentences at different places (each item's
+    # context is the words before its change): with lm-eval's logits cache on, the shared
+    # token sequences corrupt the scores (pitfall 2).
+    both, _ = run_adapter(llama, ["tiny_corrupt", "tiny_swap"])
+    alone = {**run_adapter(llama, ["tiny_corrupt"])[0], **run_adapter(llama, ["tiny_swap"])[0]}
     assert {n: r["value"] for n, r in both.items()} == {n: r["value"] for n, r in alone.items()}
-    cached = run_direct(llama, ["tiny_cloze", "tiny_order"], logits_cache=True)
-    assert cached["tiny_cloze"]["acc,none"] != both["tiny_cloze/acc"]["value"]  # the test can fail
+    cached = run_direct(llama, ["tiny_corrupt", "tiny_swap"], logits_cache=True)
+    uncached = run_direct(llama, ["tiny_corrupt", "tiny_swap"])
+    assert uncached["tiny_corrupt"]["acc,none"] == both["tiny_corrupt/acc"]["value"]
+    assert (cached["tiny_corrupt"]["acc,none"], cached["tiny_swap"]["acc,none"]) != \
+        (both["tiny_corrupt/acc"]["value"], both["tiny_swap/acc"]["value"])  # the test can fail
 
 
 def test_same_model_is_reevaluated_after_pruning():
@@ -111,7 +115,7 @@ def test_lm_eval_leaves_global_rng_alone(llama):
     random.seed(7), np.random.seed(7), torch.manual_seed(7)
     expect = (random.random(), np.random.rand(), torch.rand(1).item())
     random.seed(7), np.random.seed(7), torch.manual_seed(7)
-    run_adapter(llama, ["tiny_order"], limit=2)
+    run_adapter(llama, ["tiny_swap"], limit=2)
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == expect
 
 
@@ -122,7 +126,7 @@ def test_missing_hub_data_fails_in_one_line(llama, monkeypatch):
         raise ConnectionError("Couldn't reach 'Rowan/hellaswag' on the Hub (OfflineModeIsEnabled)")
 
     monkeypatch.setattr(lm_eval, "simple_evaluate", offline)
-    spec = LmEvalSpec(tasks=("hellaswag", "tiny_cloze"))
+    spec = LmEvalSpec(tasks=("hellaswag", "tiny_context"))
     with pytest.raises(adapter.TaskDataUnavailable, match=r"data for hellaswag is not available .*HF_HOME"):
         adapter.evaluate_lm_eval(llama.model, llama.tokenizer, spec, device="cpu", model_id="zoo:tiny-llama",
                                  cache={True: object()})  # a stand-in for the 5 s built-in task index
@@ -142,21 +146,21 @@ def test_run_suite_stores_lm_eval_rows(tmp_path, monkeypatch):
         calibration: {dataset: pydoc, n_samples: 4, seqlen: 64}
         evals:
           perplexity: [{dataset: pydoc, seqlen: 128, max_windows: 2}]
-          lm_eval: {tasks: [tiny_cloze, tiny_wiki], limit: 4, metrics: {tiny_cloze: acc_norm}}
+          lm_eval: {tasks: [tiny_corrupt, tiny_wiki], limit: 4, metrics: {tiny_corrupt: acc_norm}}
         """))
     store = Store(tmp_path / "r" / "s.duckdb")
     [res] = run_suite(load_suite(path), store=store, device="cpu")
     assert res.status == "ok", res.error
     rows = dict(store.query("SELECT metric, value FROM results WHERE status = 'ok'"))
-    assert {"pydoc/ppl@128x2", "tiny_cloze/acc", "tiny_cloze/acc_norm", "tiny_wiki/bits_per_byte"} <= set(rows)
+    assert {"pydoc/ppl@128x2", "tiny_corrupt/acc", "tiny_corrupt/acc_norm", "tiny_wiki/bits_per_byte"} <= set(rows)
     n, stderr = store.query("SELECT n, stderr FROM metrics WHERE metric = 'tiny_wiki/bits_per_byte'")[0]
     assert n == 4 and stderr is None
     record = read_record(store.run_dir(res.spec.run_id) / "record.json")
     assert record["publishable"] is False  # limit set
     assert record["eval_info"]["lm_eval"]["limit"] == 4
-    assert [m["name"] for m in record["metrics"] if m.get("headline")] == ["tiny_cloze/acc_norm",
+    assert [m["name"] for m in record["metrics"] if m.get("headline")] == ["tiny_corrupt/acc_norm",
                                                                           "tiny_wiki/bits_per_byte"]
-    assert json.loads(record["spec_json"])["lm_eval"]["tasks"] == ["tiny_cloze", "tiny_wiki"]
+    assert json.loads(record["spec_json"])["lm_eval"]["tasks"] == ["tiny_corrupt", "tiny_wiki"]
 
 
 # -------------------------------------------------------------------------- no model
@@ -222,25 +226,137 @@ def test_shipped_task_configs_match_the_table():
 
 def test_shipped_data_is_the_deterministic_build():
     fresh = build.render()
+    assert {p.name for p in (TASK_DIR / "data").iterdir()} == set(fresh)  # no stale task data
     for name, text in fresh.items():
         shipped = (TASK_DIR / "data" / name).read_text(encoding="utf-8")
         assert shipped == text, f"{name} differs from a fresh build: run python -m harness.evaluate.lm_tasks.build"
-    assert build.render(seed=1)["tiny_cloze.jsonl"] != fresh["tiny_cloze.jsonl"]
+    assert build.render(seed=1)["tiny_corrupt.jsonl"] != fresh["tiny_corrupt.jsonl"]
+
+
+def _truth(item):
+    """The text an item's gold answer spells, as it stands in the corpus."""
+    if "contexts" in item:
+        return item["contexts"][item["label"]] + item["continuation"]
+    return " ".join(filter(None, [item["context"], item["choices"][item["label"]]]))
 
 
 def test_task_data_comes_from_the_held_out_split():
     from harness.models.zoo import corpus_documents
 
-    train = "\n".join(corpus_documents("train"))
+    unseen = build.unseen_filter(corpus_documents("train"))
     test = "\n".join(corpus_documents("test"))
+    flat = " ".join(test.split())
     items = build.build()
     for task in build.MC_TASKS:
-        assert len(items[task]) >= 100
+        assert len(items[task]) >= 420  # 2 choices: acc_stderr < 2 points from 80 % up (the benchmark checks it)
         for item in items[task]:
-            assert len(item["choices"]) == 4 and len(set(item["choices"])) == 4 and 0 <= item["label"] < 4
-    sample = [items["tiny_swap"][i]["choices"][items["tiny_swap"][i]["label"]] for i in range(0, 100, 10)]
-    assert all(" ".join(s.split()[:5]) in " ".join(test.split()) for s in sample)
-    assert not any(s in train for s in sample)
+            options = item.get("contexts") or item["choices"]
+            assert len(options) == 2 and len(set(options)) == 2 and item["label"] in (0, 1)
+        assert 0.4 < sum(item["label"] for item in items[task]) / len(items[task]) < 0.6
+        sample = [_truth(items[task][i]) for i in range(0, 400, 20)]
+        assert all(" ".join(s.split()) in flat for s in sample), task
+        assert all(unseen(_truth(item)) for item in items[task]), task  # no 8 words in a row from train
+    assert not unseen(" ".join(corpus_documents("train")[0].split()[:20]))  # the test can fail
+    for item in items["tiny_context"][:50]:  # the true context is the text just before the continuation
+        assert item["contexts"][item["label"]] + item["continuation"] in test
+
+
+def test_minimal_pairs_differ_in_one_word_or_one_adjacent_swap():
+    items = build.build()
+    for item in items["tiny_corrupt"]:
+        a, b = (c.split() for c in item["choices"])
+        assert len(a) == len(b) and a[0] != b[0] and a[1:] == b[1:]  # the first word of the choice
+    for item in items["tiny_swap"]:
+        a, b = (c.split() for c in item["choices"])
+        assert a[:2] == b[1::-1] and a[2:] == b[2:]
+    assert all(item["context"] for task in ("tiny_corrupt", "tiny_swap") for item in items[task])
+
+
+
+def test_average_zero_shot_uses_only_the_declared_tasks():
+    from dataclasses import replace
+
+    from harness.core.metrics import AVERAGED_OFFLINE_TASKS, AVERAGED_TASKS, in_zero_shot_average
+    from leaderboard.build import build_table, table_metrics
+    from leaderboard.data import MetricValue, Run
+
+    # one list: tiny_suite runs exactly the averaged offline tasks (and tiny_wiki)
+    suite = adapter.KNOWN_TASKS["tiny_suite"].subtasks
+    assert set(AVERAGED_OFFLINE_TASKS) == {t for t in suite if t in build.MC_TASKS}
+    assert set(suite) == {*AVERAGED_OFFLINE_TASKS, "tiny_wiki"}
+    assert {"tiny_corrupt", "tiny_swap"}.isdisjoint(AVERAGED_TASKS)  # measured: they fail the rule
+    assert set(adapter.WANDA_TASKS) <= set(AVERAGED_TASKS)
+    assert in_zero_shot_average("tiny_context/acc") and in_zero_shot_average("hellaswag/acc_norm")
+    for name in ("tiny_corrupt/acc", "tiny_swap/acc", "tiny_suite/acc", "mmlu/acc", "piqa/acc",
+                 "tiny_wiki/bits_per_byte", "arc_easy/acc:some-filter", "pydoc/ppl@128"):
+        assert not in_zero_shot_average(name), name
+
+    base = Run("a" * 64, "s", "zoo:tiny-llama", "dense", "0", 0, "ok", None, None, {}, None,
+               None, None, None, None, "cpu", 0.0, None, None)
+    metrics = {"tiny_context/acc": MetricValue(0.9, 0.01, 1040, True),
+               "arc_easy/acc": MetricValue(0.6, 0.01, 2376, True),
+               "tiny_corrupt/acc": MetricValue(0.8, 0.02, 512, True),  # shown, not averaged
+               "tiny_corrupt/acc_norm": MetricValue(0.1, 0.02, 512, False),
+               "tiny_swap/acc": MetricValue(0.95, 0.01, 435, True),
+               "tiny_suite/acc": MetricValue(0.9, 0.01, 1040, True),
+               "mmlu/acc": MetricValue(0.3, 0.01, 100, True),
+               "tiny_wiki/bits_per_byte": MetricValue(1.8, None, 8, True)}
+    dense = replace(base, metrics=metrics)
+    pruned = replace(base, run_id="b" * 64, method="magnitude", target="0.5",
+                     metrics={**metrics, "tiny_context/acc": MetricValue(0.7, 0.01, 1040, True),
+                              "tiny_swap/acc": MetricValue(0.99, 0.01, 435, True)})
+    infos, averaged = table_metrics([dense, pruned])
+    assert averaged == ["arc_easy/acc", "tiny_context/acc"]
+    assert {"tiny_corrupt/acc", "tiny_swap/acc", "tiny_suite/acc", "mmlu/acc"} <= {i.name for i in infos}
+    t = build_table([pruned, dense], suite="s", family="llama", table_id="t")
+    col = t.column("avg")
+    assert t.columns[col].title == "mean of: arc_easy/acc, tiny_context/acc"
+    by_method = {r.method: r for r in t.rows}
+    assert by_method["dense"].cells[col].value == pytest.approx((0.6 + 0.9) / 2)
+    assert by_method["magnitude"].cells[col].value == pytest.approx((0.6 + 0.7) / 2)
+    assert by_method["magnitude"].cells[t.column("r:avg")].value == pytest.approx(100 * 0.65 / 0.75)
+
+
+
+def test_keep_rule_of_the_zero_shot_benchmark():
+    from benchmarks.zero_shot_tasks import verdict
+
+    def cells(dense, mag50, mag70, random50, se=0.01):
+        accs = {"dense": dense, "mag50": mag50, "mag70": mag70, "sparsegpt50": dense, "random50": random50}
+        return {col: {"t": (acc, se, 1000)} for col, acc in accs.items()}
+
+    assert verdict("t", cells(0.88, 0.88, 0.84, 0.71), 0.5) == []
+    assert verdict("t", cells(0.88, 0.885, 0.84, 0.50), 0.5) == []  # up less than a stderr; random at chance
+    assert verdict("t", cells(0.88, 0.87, 0.86, 0.71), 0.5) == ["mag70 < 3 stderr below dense"]
+    assert verdict("t", cells(0.97, 0.96, 0.90, 0.71), 0.5) == ["dense 97.0 outside [chance+20, 95]"]
+    assert verdict("t", cells(0.283, 0.274, 0.274, 0.292, se=0.043), 0.25) == [  # the old tiny_cloze
+        "stderr 4.3 > 2", "dense 28.3 outside [chance+20, 95]", "mag70 < 3 stderr below dense"]
+    assert verdict("t", cells(0.88, 0.88, 0.84, 0.85), 0.5) == [
+        "random50 neither at chance nor >= 5 stderr below dense"]
+    assert verdict("t", cells(0.80, 0.82, 0.70, 0.5), 0.5) == ["rises with sparsity"]
+    assert verdict("t", cells(1.0, 1.0, 0.99, 0.97, se=0.0), 0.25) == ["dense 100.0 outside [chance+20, 95]"]
+
+
+def test_random_pruning_control_prunes_each_row_by_the_target():
+    import torch
+
+    from benchmarks.zero_shot_tasks import register_random
+    from harness.core.method import METHODS
+    from harness.core.target import Target
+
+    registered = "random" not in METHODS
+    register_random()
+    try:
+        cls = METHODS.get("random")
+        w = torch.randn(6, 40)
+        out = cls(cls.Params()).prune("l.weight", w, None, Target(0.5)).weight
+        assert ((out == 0).sum(dim=1) == 20).all() and torch.equal(out[out != 0], w[out != 0])
+        again = cls(cls.Params()).prune("l.weight", w, None, Target(0.5)).weight
+        assert torch.equal(out, again)  # seeded by the layer's name
+        assert not torch.equal(out, cls(cls.Params()).prune("m.weight", w, None, Target(0.5)).weight)
+    finally:
+        if registered:  # a benchmark-only method: keep it out of the other tests' registry
+            METHODS.unregister("random")
 
 
 # ------------------------------------------------------------------------- validation
@@ -261,7 +377,7 @@ def errors(path):
 
 def test_validation_rejects_unknown_tasks_and_keys_with_file_line(tmp_path):
     path = write(tmp_path, """\
-        tasks: [tiny_cloze, hellaswg, arc_easy]
+        tasks: [tiny_context, hellaswg, arc_easy]
         bach_size: 8
         limit: 0
         metrics: {arc_easy: acc_nrm, piqa: acc}

@@ -1,22 +1,38 @@
 """Build the offline lm-eval tasks' data from the zoo's held-out text, deterministically.
 
 Every item comes from the ``test`` split of the shipped corpus snapshot (the 8 held-out
-pydoc topics, never the training split), so the zoo models have not seen any of it:
+pydoc topics, never the training split). Some pydoc topics quote each other (the "if"
+statement is part of the compound-statements topic, membership tests of "in"), so about a
+fifth of the test sentences also stand in the training text: an item is made only from text
+that shares no run of ``SEEN_WORDS`` words with the training split, so the zoo models have
+seen none of it. Each multiple-choice item has two choices (chance 0.5):
 
-=============  ==================================================================
-``tiny_cloze``  a sentence minus its last 6 words; the true ending against the
-                endings of 3 other sentences (chance 0.25)
-``tiny_order``  the first 2 words; the rest in the true order against 3 shuffles
-``tiny_swap``   the whole sentence against 3 variants that each swap one adjacent
-                pair of words (BLiMP-like minimal pairs, empty context)
-``tiny_wiki``   each held-out document as one page, scored by rolling
-                loglikelihood (word/byte perplexity and bits per byte)
-=============  ==================================================================
+================  ==================================================================
+``tiny_context``  which passage does this text follow? The 4 words that follow a point
+                  of a held-out document, after the 4 words that precede them there vs
+                  after 4 words from elsewhere in the same document (lm-eval's
+                  multiple-input form, as Winogrande: one continuation, two contexts);
+                  one item every 4 words
+``tiny_corrupt``  a sentence vs the same sentence with one word replaced by a random
+                  word of the held-out text (frequency-weighted); up to 6 per sentence
+``tiny_swap``     a sentence vs the same sentence with one adjacent pair of words
+                  swapped (BLiMP-like); up to 5 per sentence
+``tiny_wiki``     each held-out document as one page, scored by rolling
+                  loglikelihood (word/byte perplexity and bits per byte)
+================  ==================================================================
 
-Items keep the order of the sentences in the corpus, so the first ``limit`` items of
-``tiny_cloze``, ``tiny_order`` and ``tiny_swap`` are built from the same sentences (the
-cross-task cache pitfall in ``offline-notes.md`` §3 then shows up even under ``limit``).
-Randomness (distractors, shuffles, answer positions) comes from one local
+A minimal pair is scored as lm-eval scores any choice: the words before the first
+changed word are the context (identical in both choices), the rest of the sentence the
+choice, so the comparison is that of the two whole sentences. Items keep the order of
+the sentences in the corpus, and one sentence is split at several places (one per item),
+so the cross-task cache pitfall in ``offline-notes.md`` §3 shows up even under ``limit``.
+
+Which tasks count in the leaderboard's "avg zero-shot" (and run in ``tiny_suite``) is
+measured, not assumed: ``AVERAGED_OFFLINE_TASKS`` in :mod:`harness.core.metrics`, decided by
+``benchmarks/zero_shot_tasks.py``. ``tiny_corrupt`` and ``tiny_swap`` are built and shipped,
+but fail that rule on the zoo models (README "Zero-shot evaluation (lm-eval)").
+
+Randomness (distractors, replacements, positions, answer order) comes from one local
 ``random.Random`` per task, seeded with ``f"{seed}:{task}"``; string seeds hash with
 SHA-512, so the files are the same on every machine and Python run.
 
@@ -30,22 +46,27 @@ import json
 import random
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
-MC_TASKS = ("tiny_cloze", "tiny_order", "tiny_swap")
+MC_TASKS = ("tiny_context", "tiny_corrupt", "tiny_swap")
 TASKS = (*MC_TASKS, "tiny_wiki")
 SEED = 0
-N_CHOICES = 4  # the true answer and 3 distractors
-CLOZE_WORDS = 6  # words in a cloze ending
-ORDER_PREFIX = 2  # words of tiny_order's context
+N_CHOICES = 2  # the truth and one distractor
+CONTEXT_WORDS = 4  # tiny_context: words of context before ...
+CONTINUATION_WORDS = 4  # ... the continuation; one item every CONTINUATION_WORDS words
+CORRUPT_PER_SENTENCE = 6  # tiny_corrupt: items (replaced positions) per sentence, at most
+SWAP_PER_SENTENCE = 5  # tiny_swap: items (swapped pairs) per sentence, at most
 MIN_WORDS, MAX_WORDS = 8, 40  # sentences kept: long enough to cut, short enough to read
+SEEN_WORDS = 8  # text sharing a run of this many words with the training split makes no item
 
 # reST headings are underlined with a run of one punctuation character
 _UNDERLINE = re.compile(r"[*=\-^~#]{3,}")
 # A sentence ends at . ! ? or : followed by a space and a capital, a quote, '*' or '('.
 _SENTENCE_END = re.compile(r"(?<=[.!?:])\s+(?=[A-Z\"*(])")
 _FOOTNOTE = re.compile(r"\s*\[\d+\]")  # " [3]" footnote markers
+_PLAIN = re.compile(r"[a-z]+")  # a plain lower-case word: what tiny_corrupt replaces and inserts
+_WORD = re.compile(r"\S+")
 
 
 def sentences(documents: list[str]) -> list[str]:
@@ -73,59 +94,92 @@ def sentences(documents: list[str]) -> list[str]:
     return out
 
 
-def _place(rng: random.Random, truth: str, distractors: list[str]) -> tuple[list[str], int]:
-    """The choices with the truth at a random position; returns (choices, label)."""
+def unseen_filter(train_documents: list[str]) -> Callable[[str], bool]:
+    """A test: does a text share no run of ``SEEN_WORDS`` words (whitespace-split) with these documents?"""
+    seen: set[tuple[str, ...]] = set()
+    for doc in train_documents:
+        words = doc.split()
+        seen.update(tuple(words[i:i + SEEN_WORDS]) for i in range(len(words) - SEEN_WORDS + 1))
+
+    def unseen(text: str) -> bool:
+        words = text.split()
+        return not any(tuple(words[i:i + SEEN_WORDS]) in seen for i in range(len(words) - SEEN_WORDS + 1))
+
+    return unseen
+
+
+def _place(rng: random.Random, truth: Any, distractor: Any) -> tuple[list[Any], int]:
+    """The two choices with the truth at a random position; returns (choices, label)."""
     label = rng.randrange(N_CHOICES)
-    choices = list(distractors)
+    choices = [distractor]
     choices.insert(label, truth)
     return choices, label
 
 
-def cloze_items(sents: list[str], seed: int = SEED) -> list[dict[str, Any]]:
-    rng = random.Random(f"{seed}:tiny_cloze")
-    endings = [" ".join(s.split()[-CLOZE_WORDS:]) for s in sents]
-    items = []
-    for i, sent in enumerate(sents):
-        words = sent.split()
-        truth = endings[i]
-        pool = sorted({e for e in endings if e != truth})  # sorted: set order is not stable
-        choices, label = _place(rng, truth, rng.sample(pool, N_CHOICES - 1))
-        items.append({"id": i, "context": " ".join(words[:-CLOZE_WORDS]), "choices": choices, "label": label})
+def _pair_item(rng: random.Random, i: int, words: list[str], changed: list[str]) -> dict[str, Any]:
+    """A minimal pair as an lm-eval item: the common prefix is the context, the rests the choices."""
+    j = next(k for k, (a, b) in enumerate(zip(words, changed)) if a != b)
+    choices, label = _place(rng, " ".join(words[j:]), " ".join(changed[j:]))
+    return {"id": i, "context": " ".join(words[:j]), "choices": choices, "label": label}
+
+
+def context_items(documents: list[str], seed: int = SEED,
+                  unseen: Callable[[str], bool] = lambda text: True) -> list[dict[str, Any]]:
+    """``tiny_context``: one item every ``CONTINUATION_WORDS`` words of every document (where
+    the context and continuation together are ``unseen``).
+
+    The continuation keeps the document's own whitespace (newlines, indentation) and starts
+    with the whitespace before its first word; each context ends at a word. The distractor
+    context is the context of another item of the same document whose words do not overlap
+    this item's (and whose text differs from the true context).
+    """
+    rng = random.Random(f"{seed}:tiny_context")
+    items: list[dict[str, Any]] = []
+    reach = -(-(CONTEXT_WORDS + CONTINUATION_WORDS) // CONTINUATION_WORDS)  # items apart: no shared word
+    for doc in documents:
+        spans = [m.span() for m in _WORD.finditer(doc)]
+        cuts = range(CONTEXT_WORDS, len(spans) - CONTINUATION_WORDS + 1, CONTINUATION_WORDS)
+        contexts = [doc[spans[c - CONTEXT_WORDS][0]:spans[c - 1][1]] for c in cuts]
+        for k, cut in enumerate(cuts):
+            continuation = doc[spans[cut - 1][1]:spans[cut + CONTINUATION_WORDS - 1][1]]
+            if not unseen(contexts[k] + continuation):
+                continue
+            others = [ctx for m, ctx in enumerate(contexts) if abs(m - k) >= reach and ctx != contexts[k]]
+            choices, label = _place(rng, contexts[k], rng.choice(others))
+            items.append({"id": len(items), "contexts": choices, "label": label, "continuation": continuation})
     return items
 
 
-def order_items(sents: list[str], seed: int = SEED) -> list[dict[str, Any]]:
-    rng = random.Random(f"{seed}:tiny_order")
-    items = []
-    for i, sent in enumerate(sents):
+def corrupt_items(sents: list[str], seed: int = SEED) -> list[dict[str, Any]]:
+    """``tiny_corrupt``: a plain word (not the first) replaced by another plain word drawn from
+    every plain word of ``sents`` (so frequent words are drawn often)."""
+    rng = random.Random(f"{seed}:tiny_corrupt")
+    pool = [w for sent in sents for w in sent.split() if _PLAIN.fullmatch(w)]
+    items: list[dict[str, Any]] = []
+    for sent in sents:
         words = sent.split()
-        head, rest = words[:ORDER_PREFIX], words[ORDER_PREFIX:]
-        truth, wrong = " ".join(rest), []
-        while len(wrong) < N_CHOICES - 1:  # rest has >= 6 words: 720+ orders, this ends fast
-            shuffled = rest[:]
-            rng.shuffle(shuffled)
-            text = " ".join(shuffled)
-            if text != truth and text not in wrong:
-                wrong.append(text)
-        choices, label = _place(rng, truth, wrong)
-        items.append({"id": i, "context": " ".join(head), "choices": choices, "label": label})
+        spots = [j for j in range(1, len(words)) if _PLAIN.fullmatch(words[j])]
+        for j in sorted(rng.sample(spots, min(CORRUPT_PER_SENTENCE, len(spots)))):
+            new = words[j]
+            while new == words[j]:
+                new = rng.choice(pool)
+            changed = words[:]
+            changed[j] = new
+            items.append(_pair_item(rng, len(items), words, changed))
     return items
 
 
 def swap_items(sents: list[str], seed: int = SEED) -> list[dict[str, Any]]:
+    """``tiny_swap``: one adjacent pair of words swapped (not the first word; never two equal words)."""
     rng = random.Random(f"{seed}:tiny_swap")
-    items = []
-    for i, sent in enumerate(sents):
+    items: list[dict[str, Any]] = []
+    for sent in sents:
         words = sent.split()
-        # pairs whose swap changes the sentence (two equal words would swap into the truth)
-        spots = [j for j in range(len(words) - 1) if words[j] != words[j + 1]]
-        wrong = []
-        for j in sorted(rng.sample(spots, N_CHOICES - 1)):
-            w = words[:]
-            w[j], w[j + 1] = w[j + 1], w[j]
-            wrong.append(" ".join(w))
-        choices, label = _place(rng, sent, wrong)
-        items.append({"id": i, "context": "", "choices": choices, "label": label})
+        spots = [j for j in range(1, len(words) - 1) if words[j] != words[j + 1]]
+        for j in sorted(rng.sample(spots, min(SWAP_PER_SENTENCE, len(spots)))):
+            changed = words[:]
+            changed[j], changed[j + 1] = changed[j + 1], changed[j]
+            items.append(_pair_item(rng, len(items), words, changed))
     return items
 
 
@@ -138,8 +192,9 @@ def build(seed: int = SEED) -> dict[str, list[dict[str, Any]]]:
     from harness.data.corpus import corpus_documents
 
     docs = corpus_documents("test")
-    sents = sentences(docs)
-    return {"tiny_cloze": cloze_items(sents, seed), "tiny_order": order_items(sents, seed),
+    unseen = unseen_filter(corpus_documents("train"))
+    sents = [sent for sent in sentences(docs) if unseen(sent)]
+    return {"tiny_context": context_items(docs, seed, unseen), "tiny_corrupt": corrupt_items(sents, seed),
             "tiny_swap": swap_items(sents, seed), "tiny_wiki": wiki_items(docs)}
 
 
@@ -167,10 +222,15 @@ def render(seed: int = SEED) -> dict[str, str]:
 
 
 def write(out_dir: Path = DATA_DIR, seed: int = SEED) -> list[Path]:
-    """(Re)write the data files into ``out_dir``; returns the paths written."""
+    """(Re)write the data files into ``out_dir``, removing data of tasks no longer built;
+    returns the paths written."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    files = render(seed)
+    for stale in sorted(out_dir.glob("*.jsonl")):
+        if stale.name not in files:
+            stale.unlink()
     paths = []
-    for name, text in render(seed).items():
+    for name, text in files.items():
         path = out_dir / name
         path.write_text(text, encoding="utf-8")
         paths.append(path)

@@ -23,12 +23,12 @@ def _load(name: str) -> dict[str, Any]:
 
 
 # lm-eval calls these with the task's metadata as keyword arguments; none is needed.
-def load_cloze(**_: Any) -> dict[str, Any]:
-    return _load("tiny_cloze")
+def load_context(**_: Any) -> dict[str, Any]:
+    return _load("tiny_context")
 
 
-def load_order(**_: Any) -> dict[str, Any]:
-    return _load("tiny_order")
+def load_corrupt(**_: Any) -> dict[str, Any]:
+    return _load("tiny_corrupt")
 
 
 def load_swap(**_: Any) -> dict[str, Any]:
