@@ -7,8 +7,7 @@ Metric directions and formats are declared once, in :mod:`harness.core.metrics`
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from harness.core.lazy import lazy_exports
 
 # name -> defining module. Loaded on first use, so `harness --help` (which reads the compare
 # rule from leaderboard.compare) does not pay for jinja2, duckdb and matplotlib.
@@ -30,8 +29,4 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'leaderboard' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

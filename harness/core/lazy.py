@@ -1,11 +1,14 @@
-"""A lazy ``torch``: method modules import it at the top, torch loads on first attribute use.
+"""Lazy imports: a ``torch`` that loads on first attribute use, and package facades whose names load
+on first use.
 
 Importing a method module only to read its ``Params`` (``harness validate``, ``harness ls``)
-then costs milliseconds instead of the ~2 s of ``import torch``.
+then costs milliseconds instead of the ~2 s of ``import torch``; importing ``harness.store`` does
+not import duckdb.
 """
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from typing import Any
 
 
@@ -22,3 +25,15 @@ class _LazyModule:
 
 
 torch: Any = _LazyModule("torch")
+
+
+def lazy_exports(package: str, exports: dict[str, str]) -> Callable[[str], Any]:
+    """A module ``__getattr__`` for ``package`` that imports ``exports[name]`` (the defining module)
+    when ``name`` is first read: ``__getattr__ = lazy_exports(__name__, _EXPORTS)``."""
+
+    def __getattr__(name: str) -> Any:
+        if name not in exports:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        return getattr(importlib.import_module(exports[name]), name)
+
+    return __getattr__

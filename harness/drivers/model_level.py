@@ -203,12 +203,5 @@ def prune_model_vision(model: nn.Module, stream: Any, method: ModelMethod, targe
     result = _run(_context(), method, target, measure_error, row_fns)
     result.skipped, result.calibration_images = skipped, int(inputs.shape[0])
     result.info["labels"] = source
-    if not method.modifies_weights:
-        bn = {"applied": False, "reason": f"{method.name} changes no weight"}
-    elif bn_recalibration is False:
-        bn = {"applied": False, "reason": "bn_recalibration: false"}
-    else:
-        bn = vision.recalibrate_batchnorm(model, vision.no_singletons(stream.batches(vision.BN_BATCH)), device)
-    bn["requested"] = "auto" if bn_recalibration is None else bn_recalibration
-    result.bn_recalibration = bn
+    result.bn_recalibration = vision.finish_batchnorm(model, method, stream.batches, bn_recalibration, device)
     return result

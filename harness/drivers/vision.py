@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.core.method import LayerMethod, LayerReport
+from harness.core.method import LayerMethod, LayerReport, MethodBase
 from harness.drivers.hooks import StatsCollector
 from harness.drivers.loop import Adapter, Progress, Unit, run_loop
 from harness.core.spec import LayerSelection
@@ -311,16 +311,25 @@ class VisionAdapter(Adapter):
         return self._pass(hooked)
 
     def finish(self) -> None:
-        if not self.method.modifies_weights:
-            bn = {"applied": False, "reason": f"{self.method.name} changes no weight"}
-        elif self.bn_recalibration is False:
-            bn = {"applied": False, "reason": "bn_recalibration: false"}
-        else:
-            bn = recalibrate_batchnorm(self.model, no_singletons(self.batches(BN_BATCH)), self.device)
-            if self.bn_passes:
-                bn["before_each_layer"] = self.bn_passes  # sequential: re-estimated before each later layer's statistics
-        bn["requested"] = "auto" if self.bn_recalibration is None else self.bn_recalibration
-        self.bn = bn
+        self.bn = finish_batchnorm(self.model, self.method, self.batches, self.bn_recalibration, self.device,
+                                   self.bn_passes)
+
+
+def finish_batchnorm(model: nn.Module, method: MethodBase, batches: Batches | None, requested: bool | None,
+                     device: torch.device | str, passes: int = 0) -> dict[str, Any]:
+    """BatchNorm re-estimation after pruning, unless the method changed no weight or the suite said
+    ``bn_recalibration: false``; returns what was done, for the record. ``passes``: re-estimations
+    the sequential strategy already ran before each later layer's statistics."""
+    if not method.modifies_weights:
+        bn = {"applied": False, "reason": f"{method.name} changes no weight"}
+    elif requested is False:
+        bn = {"applied": False, "reason": "bn_recalibration: false"}
+    else:
+        bn = recalibrate_batchnorm(model, no_singletons(batches(BN_BATCH)), device)
+        if passes:
+            bn["before_each_layer"] = passes
+    bn["requested"] = "auto" if requested is None else requested
+    return bn
 
 
 def prune_vision(

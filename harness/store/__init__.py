@@ -8,8 +8,7 @@ The names below load on first use, so importing this package does not import duc
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from harness.core.lazy import lazy_exports
 
 # name -> defining module
 _EXPORTS = {
@@ -27,8 +26,4 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'harness.store' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

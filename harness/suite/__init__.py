@@ -9,8 +9,7 @@ package costs nothing (and never torch).
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from harness.core.lazy import lazy_exports
 
 # name -> defining module
 _EXPORTS = {
@@ -22,8 +21,4 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'harness.suite' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)
