@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+from typing import Any
 
 from harness.core.method import METHODS, MethodBase, check_method_class
 
@@ -53,3 +54,14 @@ def list_methods() -> list[str]:
     """Every registered method name, sorted."""
     discover()
     return METHODS.names()
+
+
+def method_defaults(name: str) -> dict[str, Any] | None:
+    """The default params of method ``name`` as a dict; None when it is not installed."""
+    from harness.core.method import build_params, params_dict
+
+    try:
+        cls = get_method(name)
+    except KeyError:
+        return None
+    return params_dict(build_params(cls, {}))

@@ -82,23 +82,41 @@ def test_suite_runs_records_and_skips_on_rerun(tmp_path, store):
 
 
 def test_failed_cell_is_recorded_and_suite_continues(tmp_path, store, monkeypatch):
+    """An unreachable hub model is the machine's fault, not a result: stored as "error" with one line,
+    the suite goes on, and the next plain run retries it (a method's own failure waits for --retry-failed)."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     suite = write_suite(tmp_path, SUITE.replace("[zoo:tiny-llama]", "[hf:sparsebench-test/does-not-exist, zoo:tiny-llama]")
                         .replace("[dense, magnitude, sparsegpt]", "[magnitude]"))
     results = run_suite(suite, store=store, device="cpu")
-    assert [r.status for r in results] == ["failed", "ok"]
+    assert [r.status for r in results] == ["error", "ok"]
     err = results[0].error
     assert "hf:sparsebench-test/does-not-exist" in err and "path:" in err and "\n" not in err
     status, error, tb = store.query("SELECT status, error, traceback FROM runs WHERE model LIKE 'hf:%'")[0]
-    assert status == "failed" and error == err and "Traceback" in tb
+    assert status == "error" and error == err and "Traceback" in tb
     rec = Recorder()
     again = run_suite(suite, store=store, device="cpu", reporter=rec)
-    assert rec.started == []  # a stored failure is reported, not rerun
-    assert [(r.status, r.stored) for r in again] == [("failed", True), ("skipped", True)]
-    assert again[0].error == err
+    assert rec.started == [results[0].spec.run_id]  # retried by a plain run; the ok cell stays stored
+    assert [(r.status, r.stored) for r in again] == [("error", False), ("skipped", True)]
+
+
+def test_a_methods_own_failure_waits_for_retry_failed(tmp_path, store, monkeypatch):
+    from harness.run import families
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("the method broke")
+
+    from dataclasses import replace
+
+    monkeypatch.setitem(families.FAMILIES, "lm", replace(families.FAMILIES["lm"], prune=boom))
+    suite = write_suite(tmp_path, SUITE.replace("[dense, magnitude, sparsegpt]", "[magnitude]"))
+    (first,) = run_suite(suite, store=store, device="cpu")
+    assert first.status == "failed" and first.error == "RuntimeError: the method broke"
+    rec = Recorder()
+    (again,) = run_suite(suite, store=store, device="cpu", reporter=rec)
+    assert rec.started == [] and (again.status, again.stored) == ("failed", True)
     rec = Recorder()
     run_suite(suite, store=store, device="cpu", reporter=rec, retry_failed=True)
-    assert rec.started == [results[0].spec.run_id]  # --retry-failed reruns it, ok ones stay skipped
+    assert rec.started == [first.spec.run_id]
 
 
 def test_interrupt_keeps_finished_cells_and_rerun_resumes(tmp_path, store):

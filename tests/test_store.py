@@ -20,8 +20,12 @@ def make_record(method: str = "wanda", status: str = "ok", ppl: float = 47.6) ->
                    params={"damping": 0.01}, target="0.5", calibration=CalibrationSpec())
     ok = status == "ok"
     return {
-        "record_version": 1, "run_id": spec.run_id, "spec": spec.to_dict(),
-        "spec_json": spec.canonical_json(), "suite": "quickstart",
+        "record_version": 2, "run_id": spec.run_id, "spec": spec.to_dict(),
+        "spec_json": spec.canonical_json(), "suite": "quickstart", "suites": ["quickstart"],
+        "variant": method, "pruned": ok,
+        "evals": {"e1": {"kind": "perplexity", "spec": {"dataset": "pydoc", "seqlen": 128}, "status": status,
+                         "suites": ["quickstart"]},
+                  "e2": {"kind": "lm_eval", "spec": {"tasks": ["tiny_swap"]}, "status": status, "suites": ["quickstart"]}},
         "suite_text": "name: quickstart\n",
         "model": "zoo:tiny-llama", "method": method, "target": "0.5", "seed": 0,
         "status": status, "error": None if ok else "RuntimeError: boom",
@@ -30,8 +34,8 @@ def make_record(method: str = "wanda", status: str = "ok", ppl: float = 47.6) ->
         "wall_time_s": 1.2, "prune_time_s": 0.8, "peak_rss_bytes": 123, "peak_cuda_bytes": None,
         "device": "cpu",
         "sparsity": {"global": 0.5001, "target": 0.5, "nm_compliant": None} if ok else None,
-        "metrics": [{"name": "pydoc/ppl@128", "value": ppl, "stderr": None, "n": 80},
-                    {"name": "tiny_swap/acc", "value": 0.81, "stderr": 0.03, "n": 200}]
+        "metrics": [{"name": "pydoc/ppl@128", "value": ppl, "stderr": None, "n": 80, "eval_id": "e1"},
+                    {"name": "tiny_swap/acc", "value": 0.81, "stderr": 0.03, "n": 200, "eval_id": "e2"}]
         if ok else [],
         "layers": [{"name": "model.layers.0.self_attn.q_proj", "block": 0, "rows": 128, "cols": 128,
                     "numel": 16384, "zeros": 8193, "sparsity": 0.50006, "nm_ok": None,
@@ -91,8 +95,8 @@ def test_ingest_then_results_view_shows_failed_run(store):
     assert layer == [("model.layers.0.self_attn.q_proj", 8193, '{"damping": 0.01}')]
     assert store.query("SELECT name, step, value FROM series") == [("val_loss", 0, 3.1)]
     df = store.query_df("SELECT * FROM results")
-    assert list(df.columns) == ["run_id", "suite", "model", "method", "target", "metric", "value",
-                                "status"]
+    assert list(df.columns) == ["run_id", "suite", "model", "method", "target", "metric", "value", "status",
+                                "variant", "seed", "params", "stderr", "n", "suites", "eval_id"]
 
 
 def test_upsert_replaces_without_duplicates(store):
@@ -173,13 +177,25 @@ def test_schema_version_mismatch_asks_for_reindex(store):
     import duckdb
 
     con = duckdb.connect(str(store.db_path))
-    con.execute("UPDATE meta SET value = '0'")
+    con.execute("UPDATE meta SET value = '99'")  # a later sparsebench wrote it: never rebuilt behind its back
     con.close()
     with pytest.raises(StoreSchemaError, match="reindex"):
         store.query("SELECT 1")
     store.write_record(make_record())
     assert store.reindex() == 1
     assert store.query("SELECT count(*) FROM runs") == [(1,)]
+
+
+def test_earlier_schema_is_rebuilt_from_the_run_dirs(store):
+    store.save(make_record())
+    import duckdb
+
+    con = duckdb.connect(str(store.db_path))
+    con.execute("UPDATE meta SET value = '2'")
+    con.execute("DELETE FROM runs")
+    con.close()
+    assert store.query("SELECT count(*) FROM runs") == [(1,)]  # rebuilt on first contact
+    assert store.query("SELECT value FROM meta") == [(str(SCHEMA_VERSION),)]
 
 
 def test_atomic_write_text_replaces(tmp_path):

@@ -234,7 +234,7 @@ def test_good_suites_load_and_expand(name: str):
     assert suite.text == (FIXTURES / "good_suites" / name).read_text()
     for cell in cells:
         assert cell.suite == suite.name and cell.calibration.seed == cell.seed
-        assert (cell.method, cell.params, cell.profile) in suite.methods
+        assert (cell.method, cell.params, cell.profile, cell.label) in suite.methods
 
 
 def test_run_ids_are_stable_and_follow_params(tmp_path: Path):

@@ -105,8 +105,8 @@ class MethodBase:
         model_kinds: the model kinds (``harness.core.ids.KINDS``) the method applies to.
         category: ``"fine-tuning"`` methods are labelled on the leaderboard.
         modifies_weights: False only for the dense baseline. The loop then gathers no
-            statistics, loads no calibration data and re-estimates no BatchNorm, and the
-            sparsity check lets the cell be dense.
+            statistics, loads no calibration data and re-estimates no BatchNorm. The sparsity
+            gate does not read it: every method but ``dense`` must reach its target.
     """
 
     name: ClassVar[str] = ""
@@ -119,6 +119,14 @@ class MethodBase:
 
     def __init__(self, params: Any = None) -> None:
         self.params = params if params is not None else self.Params()
+        self.seed = 0  # the cell's seed, set by the runner before pruning (the record notes it)
+
+    def generator(self, device: Any = "cpu") -> Any:
+        """A ``torch.Generator`` seeded with the cell's seed: a stochastic method draws from it, so
+        its seeds differ and each one reproduces."""
+        import torch
+
+        return torch.Generator(device=device).manual_seed(self.seed)
 
     def target_scope(self) -> Scope:
         """Where the target must hold: in every layer (default) or over all pruned layers together

@@ -1,7 +1,12 @@
 """``RunSpec``: one cell of a suite's grid, frozen, with a canonical JSON form and its hash.
 
-The SHA-256 of the canonical JSON is the run id: a rerun of the same cell finds its stored
-result and skips it. Anything that changes the numbers belongs in the spec.
+Identity is what was run. The run id is the SHA-256 of the canonical JSON of the *pruned model*:
+the model (and its weights), the method and every resolved param, the sparsity profile, the
+target, calibration, layer selection and seed (:meth:`RunSpec.to_dict`). Neither the suite that
+asked for the cell nor its evaluations are part of it: a suite is a tag, and any suite that asks
+for a stored pruned model reuses it. Each evaluation (one perplexity set, one lm-eval task
+list, one image set) has its own id (:class:`EvalRef`), and its metrics hang off
+(run id, eval id), so a suite that adds an evaluation runs only that evaluation.
 """
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-SPEC_VERSION = 1
+SPEC_VERSION = 2  # 2: the suite and the evaluations left the run id (version 1 ids are aliases)
 PACKAGE_PREFIX = "package:"  # a model's weights: package:MODULE/REL/PATH, a file inside an installed package
 DENSE = "dense"  # the baseline method: one cell per model and seed, target "0"
 DTYPES = ("auto", "float32", "float16", "bfloat16")  # a model's dtype in a suite
@@ -18,6 +23,10 @@ DTYPES = ("auto", "float32", "float16", "bfloat16")  # a model's dtype in a suit
 # and the most a suite may ask. Not part of the spec: a limit changes no number, only whether one comes.
 DEFAULT_TIMEOUT_MIN = 24 * 60
 MAX_TIMEOUT_MIN = 7 * 24 * 60
+# Which pruned-weight artifacts are kept after evaluation (suite key `keep`): "auto" keeps those of
+# ok cells up to KEEP_AUTO_BYTES (small models), "ok" those of every ok cell, "all" also failed ones.
+KEEP = ("auto", "none", "ok", "all")
+KEEP_AUTO_BYTES = 2 << 30
 
 
 @dataclass(frozen=True)
@@ -102,6 +111,12 @@ class PerplexitySpec:
     seqlen: int
     max_windows: int | None = None  # cap on evaluated windows (None = whole split, the paper protocol)
 
+    def metric_name(self) -> str:
+        """``<dataset>/ppl@<seqlen>``, and ``x<windows>`` when capped: numbers at another seqlen
+        or on fewer windows are not comparable."""
+        suffix = f"@{self.seqlen}" + (f"x{self.max_windows}" if self.max_windows else "")
+        return f"{self.dataset}/ppl{suffix}"
+
 
 @dataclass(frozen=True)
 class LmEvalSpec:
@@ -162,8 +177,27 @@ class LayerSelection:
 
 
 @dataclass(frozen=True)
+class EvalRef:
+    """One evaluation of a cell: its id (a hash of its kind and settings), kind and settings."""
+
+    eval_id: str
+    kind: str  # "perplexity", "lm_eval" or "images"
+    identity: dict[str, Any]
+    spec: Any  # the PerplexitySpec, LmEvalSpec or ImageEvalSpec
+    publishable: bool = True
+
+
+def eval_ref(kind: str, spec: Any) -> EvalRef:
+    """The :class:`EvalRef` of one evaluation spec."""
+    identity = spec.identity() if hasattr(spec, "identity") else asdict(spec)
+    digest = hashlib.sha256(canonical_json({"kind": kind, **identity}).encode()).hexdigest()[:16]
+    publishable = getattr(spec, "publishable", getattr(spec, "limit", None) is None)
+    return EvalRef(digest, kind, identity, spec, bool(publishable))
+
+
+@dataclass(frozen=True)
 class RunSpec:
-    suite: str
+    suite: str  # the suite that asked for the cell (a tag, not identity)
     model: ModelSpec
     method: str
     params: dict[str, Any]  # resolved: every field of the method's Params, defaults filled in
@@ -177,28 +211,39 @@ class RunSpec:
     lm_eval: LmEvalSpec | None = None  # zero-shot tasks; None = no lm-eval
     image_evals: tuple[ImageEvalSpec, ...] = ()  # vision: top-1/top-5 on digits or imagenet
     profile: SparsityProfile | None = None  # per-layer sparsity around the target; None = uniform
+    # Not identity: how the cell is shown, where its suite is, what is kept, how it is run.
+    label: str | None = None  # the method entry's `label:`, shown instead of the derived variant name
+    suite_path: str | None = None  # the suite file (absolute), for the Reproduce command
+    keep: str = "auto"  # which pruned-weight artifacts are kept (KEEP)
+    fresh: bool = False  # prune again even when the pruned model is stored (harness run --force)
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d.pop("batch_size")  # execution detail, not part of the identity
-        # Only present when set, so the run ids of suites without lm-eval or images stay as they were.
-        d.pop("lm_eval")
-        if self.lm_eval is not None:
-            d["lm_eval"] = self.lm_eval.identity()
-        d.pop("image_evals")
-        if self.image_evals:
-            d["image_evals"] = [e.identity() for e in self.image_evals]
-        d.pop("profile")
+        """The pruned model's identity: everything that changes its weights, nothing else."""
+        d: dict[str, Any] = {
+            "model": self.model.identity(), "method": self.method, "params": dict(self.params),
+            "target": self.target, "calibration": self.calibration.identity(), "layers": asdict(self.layers),
+            "seed": self.seed, "version": self.version,
+        }
         if self.profile is not None:
             d["profile"] = asdict(self.profile)
-        d["model"] = self.model.identity()
-        d["calibration"] = self.calibration.identity()
         return d
+
+    def evals(self) -> list[EvalRef]:
+        """The cell's evaluations, each with its own id, in the order they run."""
+        refs = [eval_ref("perplexity", p) for p in self.perplexity]
+        if self.lm_eval is not None:
+            refs.append(eval_ref("lm_eval", self.lm_eval))
+        refs += [eval_ref("images", e) for e in self.image_evals]
+        return refs
+
+    def evals_dict(self) -> list[dict[str, Any]]:
+        """The evaluations as stored in a record (``RunSpec.from_dict`` reads them back)."""
+        return [{"eval_id": e.eval_id, "kind": e.kind, "spec": _eval_settings(e)} for e in self.evals()]
 
     @property
     def publishable(self) -> bool:
         """False for trial runs whose numbers must not reach the leaderboard (an eval ``limit``)."""
-        return (self.lm_eval is None or self.lm_eval.publishable) and all(e.limit is None for e in self.image_evals)
+        return all(e.publishable for e in self.evals())
 
     def canonical_json(self) -> str:
         return canonical_json(self.to_dict())
@@ -212,23 +257,44 @@ class RunSpec:
         return self.run_id[:12]
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], batch_size: int = 8) -> "RunSpec":
+    def from_dict(cls, d: dict[str, Any], batch_size: int = 8, evals: list[dict[str, Any]] | None = None,
+                  suite: str | None = None) -> "RunSpec":
+        """A spec from its identity (``to_dict``) and its evaluations (``evals_dict``); a version 1
+        spec (suite and evaluations inside) is read too."""
+        perplexity, lm_eval, images = list(d.get("perplexity", ())), d.get("lm_eval"), list(d.get("image_evals", ()))
+        for e in evals or ():
+            if e["kind"] == "perplexity":
+                perplexity.append(e["spec"])
+            elif e["kind"] == "lm_eval":
+                lm_eval = e["spec"]
+            else:
+                images.append(e["spec"])
         return cls(
-            suite=d["suite"],
+            suite=suite if suite is not None else d.get("suite", ""),
             model=ModelSpec(**d["model"]),
             method=d["method"],
             params=dict(d["params"]),
             target=d["target"],
             calibration=CalibrationSpec(**{"seqlen": None, **d["calibration"]}),
-            perplexity=tuple(PerplexitySpec(**p) for p in d.get("perplexity", ())),
+            perplexity=tuple(PerplexitySpec(**p) for p in perplexity),
             layers=LayerSelection(**{k: tuple(v) for k, v in d.get("layers", {}).items()}),
             seed=d.get("seed", 0),
             batch_size=batch_size,
-            version=d.get("version", SPEC_VERSION),
-            lm_eval=LmEvalSpec.from_dict(d["lm_eval"]) if d.get("lm_eval") else None,
-            image_evals=tuple(ImageEvalSpec(**e) for e in d.get("image_evals", ())),
+            version=SPEC_VERSION,
+            lm_eval=LmEvalSpec.from_dict(lm_eval) if lm_eval else None,
+            image_evals=tuple(ImageEvalSpec(**e) for e in images),
             profile=SparsityProfile(**d["profile"]) if d.get("profile") else None,
         )
+
+
+def _eval_settings(ref: EvalRef) -> dict[str, Any]:
+    """Every setting of an evaluation (its identity plus those that change no number, e.g. a root)."""
+    if ref.kind == "lm_eval":
+        return {**ref.identity, "batch_size": ref.spec.batch_size}
+    settings = asdict(ref.spec)
+    if ref.kind == "images" and settings.get("root") is None:
+        settings.pop("root")
+    return settings
 
 
 def canonical_json(obj: Any) -> str:

@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import hashlib
 import time
 from typing import Any, Callable
 
@@ -44,6 +45,30 @@ def _check_output(method: LayerMethod, name: str, w: torch.Tensor, result: Any) 
                                 f"for layer {name}; expected a floating-point weight (the layer is "
                                 f"{str(w.dtype).replace('torch.', '')})")
     return new
+
+
+def _fingerprint(t: Any) -> bytes | None:
+    if not isinstance(t, torch.Tensor):
+        return None
+    data = t.detach().contiguous().reshape(-1).view(torch.uint8).cpu().numpy()
+    return hashlib.blake2b(data.tobytes(), digest_size=16).digest()
+
+
+def _fingerprints(w: torch.Tensor, stats: LayerStats | None) -> dict[str, bytes | None]:
+    """Hashes of what a method is handed, to check afterwards that it was only read."""
+    out = {"weight": _fingerprint(w)}
+    if stats is not None:
+        out.update({f"statistics ({k})": _fingerprint(getattr(stats, k)) for k in ("hessian", "diag", "cross")})
+    return out
+
+
+def _check_untouched(method: LayerMethod, name: str, before: dict, after: dict) -> None:
+    """The weight and statistics a method was handed are read-only: the weight is measured against
+    the result (reconstruction error), and layers that share an input share its Hessian."""
+    changed = [k for k in before if before[k] != after[k]]
+    if changed:
+        raise MethodOutputError(f"{method.name} modified the {changed[0]} it was handed for layer {name} in place; "
+                                f"a method must return a new tensor and leave its inputs unchanged")
 
 
 def to_device(obj: Any, device: torch.device) -> Any:
@@ -174,7 +199,9 @@ def prune_layer(method: LayerMethod, name: str, mod: nn.Module, stats: LayerStat
     t0 = time.perf_counter()
     old = mod.weight.data
     w = old.reshape(old.shape[0], -1)  # (d_out, d_in); a view
+    before = _fingerprints(w, stats)
     result = method.prune(name, w, stats, target)
+    _check_untouched(method, name, before, _fingerprints(w, stats))
     new = _check_output(method, name, w, result).to(old.dtype)
     if not torch.isfinite(new).all():
         raise NumericalError(f"{method.name} produced non-finite weights in {name}")

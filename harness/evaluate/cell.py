@@ -4,19 +4,18 @@ Metric names are ``<dataset or task>/<metric>``; perplexity carries its window l
 ``wikitext2/ppl@2048``, because numbers at different seqlen are not comparable. lm-eval
 rows (``arc_easy/acc``) come from :mod:`harness.evaluate.lm_eval_adapter` and also carry
 ``headline``. Image classifiers get ``digits/top1`` and ``imagenet/top1`` (fractions, with a
-binomial stderr; ``top5`` rows are not headline). :func:`evaluate_all` runs every eval of a cell.
+binomial stderr; ``top5`` rows are not headline). :func:`evaluate_ref` runs one evaluation of a cell (rows tagged with its eval id).
 """
 from __future__ import annotations
 
 import math
 from typing import Any, Callable
 
-from harness.core.spec import ImageEvalSpec, PerplexitySpec, RunSpec
+from harness.core.spec import EvalRef, ImageEvalSpec, PerplexitySpec, RunSpec
 
 
 def ppl_metric_name(spec: PerplexitySpec) -> str:
-    suffix = f"@{spec.seqlen}" + (f"x{spec.max_windows}" if spec.max_windows else "")
-    return f"{spec.dataset}/ppl{suffix}"
+    return spec.metric_name()
 
 
 def evaluate_perplexity(
@@ -94,7 +93,8 @@ def evaluate_images(
     return rows, info
 
 
-def evaluate_all(
+def evaluate_ref(
+    ref: EvalRef,
     model: Any,
     tokenizer: Any,
     spec: RunSpec,
@@ -105,7 +105,8 @@ def evaluate_all(
     data_config: dict[str, Any] | None = None,
     dense_logits: dict[str, Any] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Every eval of ``spec`` on the (pruned) model: perplexity, lm-eval tasks, image accuracy.
+    """One evaluation of ``spec`` (a :class:`~harness.core.spec.EvalRef` from ``spec.evals()``) on the
+    (pruned) model: a perplexity set, the lm-eval task list, or an image set.
 
     Args:
         caches: The runner's per-suite caches; ``caches["tokens"]`` holds tokenized
@@ -114,30 +115,30 @@ def evaluate_all(
         dense_logits: vision: dataset -> the dense model's logits, for evals with ``agreement``.
 
     Returns:
-        The metric rows, and ``eval_info`` for the record (``{"lm_eval": ...}``, ``{"images": ...}`` when run).
+        The metric rows, each naming ``ref.eval_id``, and the evaluation's provenance for the
+        record (lm-eval and task versions, image sources).
     """
-    rows = evaluate_perplexity(
-        model, tokenizer, spec.perplexity, device=device, batch_size=spec.batch_size,
-        token_cache=caches.setdefault("tokens", {}), cache_key=spec.model.id, progress=progress,
-    )
     info: dict[str, Any] = {}
-    if spec.lm_eval is not None:
+    if ref.kind == "perplexity":
+        rows = evaluate_perplexity(
+            model, tokenizer, (ref.spec,), device=device, batch_size=spec.batch_size,
+            token_cache=caches.setdefault("tokens", {}), cache_key=spec.model.id, progress=progress,
+        )
+    elif ref.kind == "lm_eval":
         from harness.evaluate.lm_eval_adapter import evaluate_lm_eval
 
         if progress:  # lm-eval reports no progress we can forward: mark start and end
             progress("lm_eval", 0, 1)
-        lm_rows, info["lm_eval"] = evaluate_lm_eval(
-            model, tokenizer, spec.lm_eval, device=str(device), model_id=spec.model.id,
+        rows, info = evaluate_lm_eval(
+            model, tokenizer, ref.spec, device=str(device), model_id=spec.model.id,
             cache=caches.setdefault("lm_eval", {}),
         )
-        rows += lm_rows
         if progress:
             progress("lm_eval", 1, 1)
-    if spec.image_evals:
+    else:
         if data_config is None:
             raise ValueError("image evals need the model's data config (is this an image classifier?)")
-        image_rows, info["images"] = evaluate_images(model, data_config, spec.image_evals, device=device,
-                                                     batch_size=spec.batch_size, progress=progress,
-                                                     dense_logits=dense_logits)
-        rows += image_rows
-    return rows, info
+        rows, by_dataset = evaluate_images(model, data_config, (ref.spec,), device=device,
+                                           batch_size=spec.batch_size, progress=progress, dense_logits=dense_logits)
+        info = by_dataset[ref.spec.dataset]
+    return [{**row, "eval_id": ref.eval_id} for row in rows], info

@@ -89,7 +89,7 @@ class InlineExecutor:
                 break
             batch.reporter.cell_start(i, len(batch.cells), spec)
             record = run_cell(spec, batch.suite_text, device=device, env=env, caches=caches,
-                              reporter=batch.reporter)
+                              reporter=batch.reporter, store=batch.store)
             try:
                 batch.store.write_record(record)
             except OSError as exc:  # a full disk, a read-only folder: not a result

@@ -63,18 +63,28 @@ def run_suite(
     """
     from harness.run.executors import Batch, InlineExecutor
 
+    from harness.plugins import method_defaults
+    from harness.store.migrate import set_method_defaults
+
+    set_method_defaults(method_defaults)
     reporter = reporter or Reporter()
-    cells = select(expand(suite), only)
     store.ingest_pending()  # records a crashed run wrote to disk but never indexed
-    stored = store.statuses([c.run_id for c in cells])
-    rerun = {"ok", "failed", "error"} if force else {"failed", "error"} if retry_failed else {"error"}
-    todo = [c for c in cells if c.run_id not in stored or stored[c.run_id] in rerun]
+    every = expand(suite)
+    cells = select(every, only)
+    if not cells and only:  # an id from before the identity changed (version 1): its pruned model now
+        new_ids = set(store.aliases(only))
+        cells = [c for c in every if c.run_id in new_ids]
+    known = store.cells([c.run_id for c in cells])
+    evals = store.evaluations([c.run_id for c in cells])
+    plan = {c.run_id: _decide(c, known.get(c.run_id), evals.get(c.run_id, {}), force, retry_failed) for c in cells}
+    todo = [replace(c, fresh=force) for c in cells if plan[c.run_id] == "run"]
     spec_by_id = {c.run_id: c for c in todo}
-    failed_before = sum(1 for c in cells if stored.get(c.run_id) == "failed" and c.run_id not in spec_by_id)
+    failed_before = sum(1 for c in cells if plan[c.run_id] == "failed")
     reporter.plan(cells, len(cells) - len(todo), failed=failed_before)
-    errors_before = sum(1 for c in cells if stored.get(c.run_id) == "error")
+    errors_before = sum(1 for c in cells if (known.get(c.run_id) or {}).get("status") == "error")
     if errors_before:
         reporter.note(f"rerunning {errors_before} cells stored as error (the machine's fault, not a result)")
+    _tag(store, [c for c in cells if plan[c.run_id] == "skip"], known)
     limit = timeout_min or suite.timeout_min or DEFAULT_TIMEOUT_MIN
     results: dict[str, CellResult] = {}
     busy: list[str] = []
@@ -111,6 +121,39 @@ def run_suite(
         else:
             out.append(replace(previous[c.run_id], spec=c))
     return out
+
+
+def _decide(cell: RunSpec, known: dict[str, Any] | None, evals: dict[str, str], force: bool,
+            retry_failed: bool) -> str:
+    """"run" (prune, or only evaluate what is missing), "skip" (stored with every evaluation this
+    suite asks for) or "failed" (stored as failed: shown, rerun with ``retry_failed``)."""
+    if force or known is None or known["status"] == "error":
+        return "run"
+    wanted = [evals.get(e.eval_id) for e in cell.evals()]
+    if known["pruned"]:
+        if all(w == "ok" for w in wanted):
+            return "skip"
+        if any(w is None for w in wanted):  # an evaluation no suite asked for before
+            return "run"
+    return "run" if retry_failed else "failed"
+
+
+def _tag(store: Any, cells: list[RunSpec], known: dict[str, dict[str, Any]]) -> None:
+    """Stored cells this suite asks for again: add the suite to their records' tags."""
+    for c in cells:
+        info = known[c.run_id]
+        if c.suite in info["suites"] and info.get("suite_path") == c.suite_path:
+            continue
+        record = store.read(c.run_id)
+        if record is None:
+            continue
+        record["suites"] = sorted({*record["suites"], c.suite})
+        record["suite_path"] = c.suite_path or record.get("suite_path")
+        for ref in c.evals():
+            entry = record["evals"].get(ref.eval_id)
+            if entry is not None:
+                entry["suites"] = sorted({*entry.get("suites", []), c.suite})
+        store.save(record)
 
 
 def headline_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:

@@ -55,9 +55,10 @@ def slurm_cell(spec: RunSpec, suite_text: str, db_path: str, device: str) -> str
     from harness.store.index import Store
 
     caches: dict[str, dict] = {"calibration": {}, "tokens": {}}
+    store = Store(db_path)
     record = run_cell(spec, suite_text, device=device, env=environment(device), caches=caches,
-                      reporter=Reporter())
-    Store(db_path).write_record(record)
+                      reporter=Reporter(), store=store)
+    store.write_record(record)
     return record["status"]
 
 

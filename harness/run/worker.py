@@ -39,7 +39,7 @@ def run_and_write(spec: RunSpec, suite_text: str, store: Any, device: str, env: 
     """What a worker does with one cell: run it and write its record; returns the status."""
     from harness.run.cell import run_cell
 
-    record = run_cell(spec, suite_text, device=device, env=env, caches=caches, reporter=reporter)
+    record = run_cell(spec, suite_text, device=device, env=env, caches=caches, reporter=reporter, store=store)
     store.write_record(record)
     return record["status"]
 

@@ -48,6 +48,8 @@ class StoreBusy(StoreError):
 class StoreSchemaError(StoreError):
     """The database was written by another schema version, or is not a results database."""
 
+    older = False  # an earlier schema of ours: the store rebuilds it from the run directories
+
 
 class StoreCorrupt(StoreError):
     """The database file is damaged or not a DuckDB database: ``harness reindex`` rebuilds it."""

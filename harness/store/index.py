@@ -22,6 +22,7 @@ Timestamps are naive UTC ``TIMESTAMP`` values in DuckDB.
 """
 from __future__ import annotations
 
+import json
 import logging
 import random
 import re
@@ -36,7 +37,8 @@ import duckdb
 from harness.store.faults import (StoreBusy, StoreCorrupt, StoreError, StorePathError, StoreSchemaError,  # noqa: F401
                                   StoreUnwritable, directory_fault, move_aside, one_line, store_fault)
 from harness.store.records import (RECORD_FILE, RecordError, atomic_write_text, check_record, decode_nonfinite,
-                                   dump_record, encode_nonfinite, is_run_id, reject, scan_records)
+                                   dump_record, encode_nonfinite, is_run_id, read_record, reject, scan_records)
+from harness.store.migrate import Defaults, migrate_runs
 from harness.store.rows import record_rows, utc
 from harness.store.tables import (SCHEMA, SCHEMA_VERSION, DATA_ERRORS, Unstorable, check_schema,  # noqa: F401
                                   read_all, replace_all, transaction, upsert)
@@ -67,7 +69,7 @@ class Store:
     """
 
     def __init__(self, db_path: str | Path, *, wait_s: float = 600,
-                 on_wait: Callable[[str], None] | None = None) -> None:
+                 on_wait: Callable[[str], None] | None = None, method_defaults: Defaults | None = None) -> None:
         if str(db_path) == "":
             raise StorePathError("the results database path is empty; give a file path "
                                  f"(e.g. --db results/{DEFAULT_DB_NAME})")
@@ -82,6 +84,7 @@ class Store:
         self.wait_s = wait_s
         self.on_wait = on_wait
         self._rng = random.Random()  # backoff jitter only; never the global RNG
+        self.method_defaults = method_defaults  # names variants of migrated records (harness.store.migrate)
 
     @classmethod
     def in_root(cls, root: str | Path, **kwargs: Any) -> "Store":
@@ -133,6 +136,49 @@ class Store:
             return {}
         sql = "SELECT run_id, status FROM runs WHERE list_contains(?, run_id)"
         return dict(self.query(sql, [ids]))
+
+    def cells(self, run_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """``run_id -> {"status", "pruned", "suites", "suite_path"}`` for those of ``run_ids`` in the database."""
+        ids = list(run_ids)
+        if not ids or not self.db_path.exists():
+            return {}
+        rows = self.query("SELECT run_id, status, pruned, suites_json, suite_path FROM runs "
+                          "WHERE list_contains(?, run_id)", [ids])
+        return {r: {"status": st, "pruned": bool(pr), "suites": json.loads(su or "[]"), "suite_path": sp}
+                for r, st, pr, su, sp in rows}
+
+    def read(self, run_id: str) -> dict[str, Any] | None:
+        """The stored record of ``run_id`` from its run directory; None when absent or invalid."""
+        path = self.run_dir(run_id) / RECORD_FILE
+        try:
+            return read_record(path) if path.is_file() else None
+        except RecordError:
+            return None
+
+    def evaluations(self, run_ids: Iterable[str]) -> dict[str, dict[str, str]]:
+        """``run_id -> {eval_id: status}`` for those of ``run_ids`` in the database."""
+        ids = list(run_ids)
+        if not ids or not self.db_path.exists():
+            return {}
+        out: dict[str, dict[str, str]] = {}
+        for run_id, eval_id, status in self.query(
+                "SELECT run_id, eval_id, status FROM evals WHERE list_contains(?, run_id)", [ids]):
+            out.setdefault(run_id, {})[eval_id] = status
+        return out
+
+    def pruned(self, run_ids: Iterable[str]) -> set[str]:
+        """Those of ``run_ids`` whose pruned model is stored (its evaluations may be missing)."""
+        ids = list(run_ids)
+        if not ids or not self.db_path.exists():
+            return set()
+        return {r for (r,) in self.query("SELECT run_id FROM runs WHERE pruned AND list_contains(?, run_id)", [ids])}
+
+    def aliases(self, prefix: str) -> list[str]:
+        """Run ids whose older ids (before the identity changed) start with ``prefix``."""
+        if not prefix or not self.db_path.exists():
+            return []
+        rows = self.query("SELECT run_id, aliases_json FROM runs WHERE aliases_json LIKE ?", [f'%"{prefix}%'])
+        return sorted(r for r, aliases in rows if any(a.startswith(prefix) for a in json.loads(aliases or "[]")))
 
     def finished_on_disk(self) -> dict[str, str]:
         """``run_id -> status`` of every valid record in the run dirs, ingested or not (invalid
@@ -196,6 +242,7 @@ class Store:
     # -- internals
 
     def _scan(self) -> Iterator[dict[str, Any]]:
+        migrate_runs(self.runs_dir, self.method_defaults)  # version 1 run directories, once
         return scan_records(self.runs_dir, self.quarantine_dir, self.quarantined.append)
 
     def _reject(self, record: dict[str, Any], error: BaseException) -> None:
@@ -230,7 +277,16 @@ class Store:
         con = self._open(read_only)
         try:
             if not rebuild:
-                check_schema(con, self.db_path, create=not read_only)
+                try:
+                    check_schema(con, self.db_path, create=not read_only)
+                except StoreSchemaError as e:
+                    if not e.older:
+                        raise
+                    con.close()  # a database of an earlier schema: rebuilt from the run directories
+                    log.warning("the results database %s has an earlier schema; rebuilding it from %s",
+                                one_line(self.db_path), one_line(self.runs_dir))
+                    self.reindex()
+                    con = self._open(read_only)
             yield con
         except (duckdb.Error, OSError) as e:
             fault = store_fault(e, self.db_path, self.runs_dir, opening=False)

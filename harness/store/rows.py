@@ -14,7 +14,7 @@ from typing import Any
 from harness.store.records import encode_nonfinite
 from harness.store.validate import parse_timestamp
 
-TABLES = ("runs", "metrics", "layers", "series")  # each has run_id; `meta` is separate
+TABLES = ("runs", "evals", "metrics", "layers", "series")  # each has run_id; `meta` is separate
 
 
 def utc(value: str | None) -> datetime | None:
@@ -60,9 +60,21 @@ def record_rows(record: dict[str, Any]) -> dict[str, Any]:
         "ingested_at": datetime.now(timezone.utc).replace(tzinfo=None),
         "publishable": _num(record.get("publishable", True), bool),
         "eval_info_json": _json(record.get("eval_info")),
+        "variant": record.get("variant") or record["method"], "label": record.get("label"),
+        "params_json": _json((record.get("spec") or {}).get("params")),
+        "suites_json": _json(sorted(record.get("suites") or [record["suite"]])),
+        "suite_path": record.get("suite_path"), "pruned": _num(record.get("pruned"), bool),
+        "artifact_json": _json(record.get("artifact")), "aliases_json": _json(record.get("aliases") or []),
     }
+    evals = [{"eval_id": k, **v} for k, v in sorted((record.get("evals") or {}).items())]
+    eval_rows = _columns(evals, {
+        "run_id": lambda e: rid, "eval_id": lambda e: e["eval_id"], "kind": lambda e: e["kind"],
+        "status": lambda e: e["status"], "error": lambda e: e.get("error"),
+        "publishable": lambda e: _num(e.get("publishable", True), bool),
+        "spec_json": lambda e: _json(e.get("spec")), "suites_json": lambda e: _json(sorted(e.get("suites") or [])),
+    })
     metrics = _columns(record.get("metrics") or [], {
-        "run_id": lambda m: rid, "metric": lambda m: m["name"],
+        "run_id": lambda m: rid, "eval_id": lambda m: m.get("eval_id") or "", "metric": lambda m: m["name"],
         "value": lambda m: _num(m.get("value"), float),
         "stderr": lambda m: _num(m.get("stderr"), float), "n": lambda m: _num(m.get("n"), int),
         "headline": lambda m: _num(m.get("headline"), bool),
@@ -78,5 +90,5 @@ def record_rows(record: dict[str, Any]) -> dict[str, Any]:
         "run_id": lambda s: rid, "name": lambda s: s["name"],
         "step": lambda s: _num(s.get("step"), int), "value": lambda s: _num(s.get("value"), float),
     })
-    return {"runs": {k: [v] for k, v in run.items()}, "metrics": metrics, "layers": layers,
+    return {"runs": {k: [v] for k, v in run.items()}, "evals": eval_rows, "metrics": metrics, "layers": layers,
             "series": series}

@@ -15,11 +15,13 @@ import duckdb
 from harness.store.faults import StoreSchemaError, one_line, reindex_hint
 from harness.store.rows import TABLES, record_rows
 
-SCHEMA_VERSION = 2  # 2: runs.publishable, runs.eval_info_json, metrics.headline
+SCHEMA_VERSION = 3  # 2: runs.publishable, runs.eval_info_json, metrics.headline; 3: a run per pruned model (variant, suites, artifact, aliases), evals, metrics.eval_id
 
 # The whole DuckDB schema. Every statement is idempotent; `meta` holds schema_version.
-# `results` is the documented, stable view: one row per (run, metric), and a run without
-# metrics (typically a failure) still has one row, with metric NULL.
+# A run is one pruned model (its id covers what was run, not the suite); `evals` holds each of its
+# evaluations (kind, settings, status, the suites that asked), and a metric row names its eval.
+# `results` is the documented, stable view: one row per (run, evaluation, metric), and a run
+# without metrics (typically a failure) still has one row, with metric NULL.
 # runs.seed is INTEGER: the record schema (harness.store.validate) bounds seeds to 0..2**31-1.
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);
@@ -29,11 +31,17 @@ CREATE TABLE IF NOT EXISTS runs (
     suite_text VARCHAR, started_at TIMESTAMP, finished_at TIMESTAMP, wall_time_s DOUBLE,
     prune_time_s DOUBLE, peak_rss_bytes BIGINT, peak_cuda_bytes BIGINT, device VARCHAR,
     sparsity_global DOUBLE, nm_compliant BOOLEAN, model_sha256 VARCHAR,
-    environment_json VARCHAR, ingested_at TIMESTAMP, publishable BOOLEAN, eval_info_json VARCHAR
+    environment_json VARCHAR, ingested_at TIMESTAMP, publishable BOOLEAN, eval_info_json VARCHAR,
+    variant VARCHAR, label VARCHAR, params_json VARCHAR, suites_json VARCHAR, suite_path VARCHAR,
+    pruned BOOLEAN, artifact_json VARCHAR, aliases_json VARCHAR
+);
+CREATE TABLE IF NOT EXISTS evals (
+    run_id VARCHAR, eval_id VARCHAR, kind VARCHAR, status VARCHAR, error VARCHAR, publishable BOOLEAN,
+    spec_json VARCHAR, suites_json VARCHAR, PRIMARY KEY (run_id, eval_id)
 );
 CREATE TABLE IF NOT EXISTS metrics (
-    run_id VARCHAR, metric VARCHAR, value DOUBLE, stderr DOUBLE, n BIGINT, headline BOOLEAN,
-    PRIMARY KEY (run_id, metric)
+    run_id VARCHAR, eval_id VARCHAR, metric VARCHAR, value DOUBLE, stderr DOUBLE, n BIGINT, headline BOOLEAN,
+    PRIMARY KEY (run_id, eval_id, metric)
 );
 CREATE TABLE IF NOT EXISTS layers (
     run_id VARCHAR, layer VARCHAR, block INTEGER, rows BIGINT, cols BIGINT, numel BIGINT,
@@ -42,7 +50,8 @@ CREATE TABLE IF NOT EXISTS layers (
 );
 CREATE TABLE IF NOT EXISTS series (run_id VARCHAR, name VARCHAR, step INTEGER, value DOUBLE);
 CREATE VIEW IF NOT EXISTS results AS
-    SELECT r.run_id, r.suite, r.model, r.method, r.target, m.metric, m.value, r.status
+    SELECT r.run_id, r.suite, r.model, r.method, r.target, m.metric, m.value, r.status,
+           r.variant, r.seed, r.params_json AS params, m.stderr, m.n, r.suites_json AS suites, m.eval_id
     FROM runs r LEFT JOIN metrics m ON m.run_id = r.run_id;
 """
 # Errors one record's rows can raise on insert: that record is unstorable, the store is fine.
@@ -125,9 +134,11 @@ def check_schema(con: duckdb.DuckDBPyConnection, db_path: Path, *, create: bool)
     if has_meta:
         row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         if row is None or row[0] != str(SCHEMA_VERSION):
-            raise StoreSchemaError(
+            err = StoreSchemaError(
                 f"{db_path} has schema version {row and one_line(row[0], 40)}, this sparsebench uses "
                 f"{SCHEMA_VERSION}; {reindex_hint(db_path)}")
+            err.older = row is not None and row[0].isdigit() and int(row[0]) < SCHEMA_VERSION
+            raise err
     elif not create:
         raise StoreSchemaError(f"{db_path} is not a sparsebench results database (no meta table); "
                                f"{reindex_hint(db_path)}")

@@ -20,7 +20,8 @@ from typing import Any, Callable
 
 from harness.core.spec import canonical_json
 
-RECORD_VERSION = 1
+RECORD_VERSION = 2  # 2: a record per pruned model (no suite in the run id), evaluations by id
+LEGACY_VERSION = 1  # migrated on first contact (harness.store.migrate)
 STATUSES = ("ok", "failed", "error")  # "error": an infrastructure failure, not the method's
 SEED_MAX = 2**31 - 1  # runs.seed is INTEGER; suites bound seeds the same way
 INT32 = (-(2**31), 2**31 - 1)  # layers.block, series.step
@@ -140,8 +141,8 @@ def obj(fields: dict[str, Check]) -> Check:
     return check
 
 
-def items(fields: dict[str, Check]) -> Check:
-    """A list of objects, each with a ``name`` (unique: the table's key) and ``fields``."""
+def items(fields: dict[str, Check], key: tuple[str, ...] = ("name",)) -> Check:
+    """A list of objects, each with a ``name`` and ``fields``; ``key`` (the table's key) is unique."""
     item = obj({"name": text, **fields})
 
     def check(value: Any) -> str | None:
@@ -150,11 +151,13 @@ def items(fields: dict[str, Check]) -> Check:
         for i, entry in enumerate(value):
             if (problem := item(entry)) is not None:
                 return f"[{i}] {problem}"
-        seen: set[str] = set()
+        seen: set[tuple] = set()
         for entry in value:
-            if entry["name"] in seen:
-                return f"the name {clip(entry['name'])} appears more than once"
-            seen.add(entry["name"])
+            k = tuple(entry.get(f) for f in key)
+            if k in seen:
+                return f"the name {clip(entry['name'])} appears more than once" + (
+                    f" for {key[0]} {clip(k[0])}" if len(key) > 1 else "")
+            seen.add(k)
         return None
     return check
 
@@ -179,17 +182,52 @@ FIELDS: dict[str, Check] = {  # record key -> check; a missing key is checked as
     "sparsity": optional(obj({"global": optional(real(0, 1, finite=True)), "nm_compliant": optional(boolean)})),
     "model_info": optional(obj({"sha256": optional(text)})),
     "environment": json_value, "eval_info": json_value,
-    "metrics": optional(items({"value": optional(real()), "stderr": optional(real()),
-                               "n": optional(integer(*COUNT)), "headline": optional(boolean)})),
+    "metrics": optional(items({"eval_id": optional(text), "value": optional(real()), "stderr": optional(real()),
+                               "n": optional(integer(*COUNT)), "headline": optional(boolean)},
+                              key=("eval_id", "name"))),
     "layers": optional(items({"block": optional(integer(*INT32)),
                               **dict.fromkeys(("rows", "cols", "numel", "zeros"), optional(integer(*COUNT))),
                               "sparsity": optional(real(0, 1, finite=True)), "nm_ok": optional(boolean),
                               "rel_error": optional(real()), "time_s": optional(real(0, finite=True)),
                               "info": json_value})),
     "series": optional(_series),
+    "suites": lambda v: _texts(v), "suite_path": optional(text), "variant": text, "label": optional(text),
+    "pruned": optional(boolean),
+    "evals": lambda v: _evals(v),
+    "aliases": lambda v: _aliases(v),
+    "artifact": optional(obj({"sha256": text, "path": text, "bytes": integer(*COUNT), "kept": boolean})),
 }
-REQUIRED = ("record_version", "run_id", "spec_json", "suite", "model", "method", "target", "seed", "status")
-SPEC_KEYS = ("suite", "method", "target", "seed")  # must agree with the spec the run id hashes
+REQUIRED = ("record_version", "run_id", "spec_json", "suite", "suites", "model", "method", "variant", "target",
+            "seed", "status", "evals")
+SPEC_KEYS = ("method", "target", "seed")  # must agree with the spec the run id hashes
+
+
+def _texts(value: Any) -> str | None:
+    if not isinstance(value, list) or not value:
+        return f"expected a non-empty list of names, got {clip(value)}"
+    return next((f"[{i}] {p}" for i, v in enumerate(value) if (p := text(v)) is not None), None)
+
+
+def _aliases(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        return f"expected a list of run ids, got {clip(value)}"
+    bad = [v for v in value if not (isinstance(v, str) and len(v) == 64 and set(v) <= _HEX)]
+    return f"not a run id: {clip(bad[0])}" if bad else None
+
+
+_EVAL = obj({"kind": one_of("perplexity", "lm_eval", "images"), "status": one_of(*STATUSES),
+             "error": optional(text), "publishable": optional(boolean), "spec": json_value})
+
+
+def _evals(value: Any) -> str | None:
+    if not isinstance(value, dict):
+        return f"expected an object of evaluations by id, got {clip(value)}"
+    for key, entry in value.items():
+        if (problem := text(key)) is not None or (problem := _EVAL(entry)) is not None:
+            return f"{clip(key, 20)}: {problem}"
+    return None
 
 
 def _identity_problems(record: dict[str, Any]) -> list[str]:

@@ -53,7 +53,7 @@ class Suite:
     description: str
     text: str = field(repr=False)  # the raw YAML, frozen into every stored record
     models: tuple[ModelSpec, ...] = ()
-    methods: tuple[tuple[str, dict[str, Any], SparsityProfile | None], ...] = ()  # (name, params, profile)
+    methods: tuple[tuple[str, dict[str, Any], SparsityProfile | None, str | None], ...] = ()  # (name, params, profile, label)
     targets: tuple[Target, ...] = ()
     calibration: CalibrationSpec = field(default_factory=CalibrationSpec)
     perplexity: tuple[PerplexitySpec, ...] = ()
@@ -64,6 +64,7 @@ class Suite:
     image_evals: tuple[ImageEvalSpec, ...] = ()
     warnings: tuple[str, ...] = ()  # file:line lines about things only the running machine can know
     timeout_min: float | None = None  # a cell's time limit in minutes (worker executors); None: 24 h
+    keep: str = "auto"  # which pruned-weight artifacts are kept (harness.run.artifacts)
 
 
 REMOTE_CODE_FLAG = "--trust-remote-code"
@@ -113,7 +114,7 @@ def _parse(ck: Checker, path: str, text: str, data: Any, line: int, trust_remote
         calibration=calibration, perplexity=tuple(top.get("evals", {}).get("perplexity", ())),
         layers=top.get("layers", LayerSelection()), seeds=tuple(top.get("seeds", (calibration.seed,))),
         batch_size=top.get("batch_size", 8), lm_eval=evals.get("lm_eval"), image_evals=image_evals,
-        warnings=tuple(str(w) for w in ck.warnings), timeout_min=top.get("timeout_min"))
+        warnings=tuple(str(w) for w in ck.warnings), timeout_min=top.get("timeout_min"), keep=top.get("keep", "auto"))
 
 
 def load_suite(path: str | os.PathLike[str], *, trust_remote_code: bool = False) -> Suite:
@@ -150,11 +151,11 @@ def expand(suite: Suite) -> list[RunSpec]:
 
     ``dense`` ignores the targets and gives one cell per model and seed, with target "0"; a
     ``synthetic:`` model has the one target its problem sets, 1 − k/d.
-    Identical cells (same run id) appear once, at their first position.
+    Identical cells (same run id: the same pruned model) appear once, at their first position.
     """
     cells: dict[str, RunSpec] = {}
     for model in suite.models:
-        for name, params, profile in suite.methods:
+        for name, params, profile, label in suite.methods:
             targets = ["0"] if name == DENSE else [str(t) for t in suite.targets
                                                    if profile is None or not t.is_nm]  # OWL: unstructured
             if model.problem:  # synthetic: the problem's k sets the sparsity
@@ -165,6 +166,7 @@ def expand(suite: Suite) -> list[RunSpec]:
                         suite=suite.name, model=model, method=name, params=dict(params), target=target,
                         calibration=replace(suite.calibration, seed=seed), perplexity=suite.perplexity,
                         layers=suite.layers, seed=seed, batch_size=suite.batch_size, lm_eval=suite.lm_eval,
-                        image_evals=suite.image_evals, profile=profile)
+                        image_evals=suite.image_evals, profile=profile, label=label,
+                        suite_path=os.path.abspath(suite.path), keep=suite.keep)
                     cells.setdefault(spec.run_id, spec)
     return list(cells.values())

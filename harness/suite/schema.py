@@ -33,7 +33,7 @@ from harness.suite.checker import (MAX_BATCH, MAX_CALIBRATION_TOKENS, MAX_FEWSHO
                                    MAX_ROUNDS, MAX_SAMPLES, MAX_SEED, MAX_SEQLEN, Check, Checker, check_bool,
                                    check_regex, check_str, describe, int_in, key_line, number_in, optional_int_in)
 from harness.suite.lines import LineDict, LineList
-from harness.core.spec import DEFAULT_TIMEOUT_MIN, MAX_TIMEOUT_MIN
+from harness.core.spec import DEFAULT_TIMEOUT_MIN, KEEP, KEEP_AUTO_BYTES, MAX_TIMEOUT_MIN
 
 REQUIRED_KEYS = ("name", "models", "methods")
 _NAME = re.compile(r"[A-Za-z0-9_.\-]+")
@@ -161,12 +161,21 @@ def _profile(ck: Checker, item: LineDict, path: str, m: dict[str, Any]) -> Spars
     return SparsityProfile("owl", m.get("owl_m", 5.0), m.get("owl_lmbda", 0.08))
 
 
-def _method(ck: Checker, item: Any, path: str, line: int) -> tuple[str, dict[str, Any], Any] | None:
+def keep(ck: Checker, value: Any, path: str, line: int) -> str | None:
+    """Which pruned-weight artifacts are kept after evaluation (harness.run.artifacts)."""
+    if value not in KEEP:
+        ck.err(line, path, f"expected one of {', '.join(KEEP)} (auto: keep ok cells' weights up to "
+                           f"{KEEP_AUTO_BYTES >> 30} GiB); got {describe(value)}")
+        return None
+    return value
+
+
+def _method(ck: Checker, item: Any, path: str, line: int) -> tuple[str, dict[str, Any], Any, str | None] | None:
     name, params, name_path, params_path, params_line = item, None, path, path, line
-    profile = None
+    profile, label = None, None
     if not isinstance(item, str):
         m = ck.record(item, path, line, {"name": check_str, "params": lambda ck, v, p, ln: v,
-                                         "sparsity_profile": check_str,
+                                         "sparsity_profile": check_str, "label": check_str,
                                          **{k: c for k, c in _PROFILE_KEYS.items() if c}},
                       ("name",), expected="a method name or a mapping with 'name' and 'params'")
         if m is None:
@@ -175,6 +184,7 @@ def _method(ck: Checker, item: Any, path: str, line: int) -> tuple[str, dict[str
         if profile is False:
             return None
         name, params, name_path, line = m["name"], m.get("params"), f"{path}.name", item.key_lines["name"]
+        label = m.get("label")
         params_path, params_line = f"{path}.params", item.key_lines.get("params", line)
     try:
         cls = get_method(name)
@@ -189,7 +199,7 @@ def _method(ck: Checker, item: Any, path: str, line: int) -> tuple[str, dict[str
         ck.err(params_line, params_path, f"expected a mapping of {name} params; got {describe(params)}")
         return None
     resolved = _method_params(ck, cls, name, params, params_path, params_line)
-    return None if resolved is None else (name, resolved, profile)
+    return None if resolved is None else (name, resolved, profile, label)
 
 
 def _method_params(ck: Checker, cls: Any, name: str, params: LineDict | None, params_path: str,
@@ -336,6 +346,7 @@ def suite_schema(base_dir: str) -> dict[str, Check]:
         "seeds": lambda ck, v, p, ln: ck.items(v, p, ln, "integer seed", int_in(0, MAX_SEED)),
         "batch_size": int_in(1, MAX_BATCH),
         "timeout_min": timeout_min,  # not in the run id: a time limit changes no number
+        "keep": keep,  # which pruned weights are kept; not in the run id
     }
 
 

@@ -1,0 +1,140 @@
+"""Pruned weights as content-addressed artifacts, and the clean model every evaluation runs on.
+
+After pruning, a cell's whole ``state_dict`` is written once as safetensors to
+``<store root>/artifacts/<sha256>.safetensors`` (the SHA-256 of the file, so identical weights
+are one file). Every evaluation then runs on a *freshly built* model with the artifact loaded
+(``strict``: every tensor must fit, none may be missing): whatever a method left behind on the
+model it pruned (a forward hook, a patched ``forward``, a swapped tensor) cannot reach the
+numbers, and the sparsity gate measures the very tensors that are evaluated.
+
+A method that leaves hooks or a patched ``forward`` on the model fails its cell anyway
+(:func:`leftovers`): evaluating the stored weights would hide that the method's own model
+behaves differently, and the user should hear about it.
+
+Keep policy (suite key ``keep``, :data:`harness.core.spec.KEEP`): ``auto`` keeps the artifacts
+of ok cells up to :data:`~harness.core.spec.KEEP_AUTO_BYTES` and drops bigger ones after
+evaluation; ``ok`` keeps every ok cell's; ``all`` keeps failed cells' too; ``none`` keeps none.
+A later suite that adds an evaluation loads a kept artifact, or prunes again (deterministically)
+when it is gone and checks that the weights hash the same.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+from harness.core.spec import KEEP_AUTO_BYTES
+
+ARTIFACTS_DIR = "artifacts"  # under the store's root
+_CHUNK = 1 << 22
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_artifact(model: Any, root: Path, run_id: str) -> dict[str, Any]:
+    """Write ``model``'s weights (tied tensors once) to ``root/artifacts/<sha256>.safetensors``.
+
+    Cells whose weights are identical (the dense model of two seeds) share the file; each holds
+    a reference, ``<sha256>.refs/<run_id>``, and the file goes when the last reference is dropped.
+
+    Returns:
+        ``{"sha256", "path" (relative to root), "bytes", "kept": True}`` for the record.
+    """
+    from safetensors.torch import save_model
+
+    folder = Path(root) / ARTIFACTS_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        save_model(model, str(tmp))
+        sha = file_sha256(tmp)
+        dest = folder / f"{sha}.safetensors"
+        os.replace(tmp, dest)  # identical content: the same name, replacing it changes nothing
+    finally:
+        tmp.unlink(missing_ok=True)
+    refs = folder / f"{sha}.refs"
+    refs.mkdir(exist_ok=True)
+    (refs / run_id).touch()
+    return {"sha256": sha, "path": f"{ARTIFACTS_DIR}/{sha}.safetensors", "bytes": dest.stat().st_size,
+            "kept": True}
+
+
+def artifact_path(root: Path, artifact: dict[str, Any] | None) -> Path | None:
+    """The artifact's file when it is still there (and has its name's hash by name), else None."""
+    if not artifact or not artifact.get("kept"):
+        return None
+    path = Path(root) / ARTIFACTS_DIR / f"{artifact['sha256']}.safetensors"
+    return path if path.is_file() else None
+
+
+def load_artifact(model: Any, path: Path) -> None:
+    """Load the artifact into a freshly built ``model``; every tensor must fit exactly.
+
+    Raises:
+        ValueError: one line, when the stored tensors do not match the model's (a method that
+            replaced modules or changed shapes).
+    """
+    from safetensors.torch import load_model
+
+    try:
+        missing, unexpected = load_model(model, str(path), strict=False)
+    except RuntimeError as e:  # shape mismatch
+        first = str(e).strip().splitlines()[-1].strip() if str(e).strip() else type(e).__name__
+        raise ValueError(f"the pruned weights do not fit a freshly built model: {first[:300]}") from e
+    if missing or unexpected:
+        what = [f"{len(missing)} missing (e.g. {missing[0]})"] if missing else []
+        what += [f"{len(unexpected)} unexpected (e.g. {unexpected[0]})"] if unexpected else []
+        raise ValueError("the pruned model's tensors do not match a freshly built model's: " + "; ".join(what)
+                         + " (did the method replace or add modules?)")
+
+
+def leftovers(model: Any) -> list[str]:
+    """What a method left on the model it pruned that would change its forward: hooks on any
+    module, a ``forward`` patched on an instance, global module hooks."""
+    from torch.nn.modules import module as torch_module
+
+    found = []
+    for name, mod in model.named_modules():
+        where = name or "the model"
+        hooks = [attr for attr in ("_forward_hooks", "_forward_pre_hooks") if getattr(mod, attr, None)]
+        if hooks:
+            found.append(f"{where}: {len(getattr(mod, hooks[0]))} forward{' pre' if 'pre' in hooks[0] else ''} hook(s)")
+        if "forward" in vars(mod):
+            found.append(f"{where}: forward replaced on the instance")
+    for attr in ("_global_forward_hooks", "_global_forward_pre_hooks"):
+        if getattr(torch_module, attr, None):
+            found.append(f"{len(getattr(torch_module, attr))} global module {attr.strip('_').replace('_', ' ')}")
+    return found
+
+
+def keep_artifact(keep: str, status: str, nbytes: int) -> bool:
+    """Whether the keep policy keeps an artifact of ``nbytes`` for a cell that ended ``status``."""
+    if keep == "none":
+        return False
+    if keep == "all":
+        return True
+    if status != "ok":
+        return False
+    return keep == "ok" or nbytes <= KEEP_AUTO_BYTES
+
+
+def drop_artifact(root: Path, artifact: dict[str, Any], run_id: str) -> None:
+    """Mark the artifact dropped for ``run_id``; delete its file when no other cell refers to it."""
+    artifact["kept"] = False
+    folder = Path(root) / ARTIFACTS_DIR
+    refs = folder / f"{artifact['sha256']}.refs"
+    (refs / run_id).unlink(missing_ok=True)
+    if refs.is_dir() and not any(refs.iterdir()):
+        (folder / f"{artifact['sha256']}.safetensors").unlink(missing_ok=True)
+        try:
+            refs.rmdir()
+        except OSError:  # another cell took a reference meanwhile
+            pass
