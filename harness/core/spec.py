@@ -216,6 +216,7 @@ class RunSpec:
     suite_path: str | None = None  # the suite file (absolute), for the Reproduce command
     keep: str = "auto"  # which pruned-weight artifacts are kept (KEEP)
     fresh: bool = False  # prune again even when the pruned model is stored (harness run --force)
+    save: dict[str, str] | None = None  # {"dir": absolute folder, "format": "dense" | "compressed"}: export ok cells
 
     def to_dict(self) -> dict[str, Any]:
         """The pruned model's identity: everything that changes its weights, nothing else."""

@@ -182,6 +182,11 @@ def _prune_and_evaluate(spec: RunSpec, record: dict, *, device: str, caches: dic
     record["publishable"] = all(e.get("publishable", True) for e in record["evals"].values()) and spec.publishable
     _evaluate(spec, record, missing, loaded, model, device=device, caches=caches, reporter=reporter,
               dense_logits=dense_logits)
+    if spec.save and record["status"] == "ok":  # the evaluated weights, as a checkpoint to serve
+        from harness.run.export import save_cell
+
+        model.to("cpu")
+        record["saved"] = save_cell(spec, record, loaded)
     if cuda:
         record["peak_cuda_bytes"] = int(torch.cuda.max_memory_allocated())
     model.to("cpu")

@@ -77,6 +77,9 @@ def run_suite(
     known = store.cells([c.run_id for c in cells])
     evals = store.evaluations([c.run_id for c in cells])
     plan = {c.run_id: _decide(c, known.get(c.run_id), evals.get(c.run_id, {}), force, retry_failed) for c in cells}
+    for c in cells:  # a stored cell whose checkpoint this suite wants and does not have yet
+        if c.save and plan[c.run_id] == "skip" and not _saved(store.read(c.run_id), c.save):
+            plan[c.run_id] = "run"
     todo = [replace(c, fresh=force) for c in cells if plan[c.run_id] == "run"]
     spec_by_id = {c.run_id: c for c in todo}
     failed_before = sum(1 for c in cells if plan[c.run_id] == "failed")
@@ -136,6 +139,15 @@ def _decide(cell: RunSpec, known: dict[str, Any] | None, evals: dict[str, str], 
         if any(w is None for w in wanted):  # an evaluation no suite asked for before
             return "run"
     return "run" if retry_failed else "failed"
+
+
+def _saved(record: dict[str, Any] | None, save: dict[str, str]) -> bool:
+    """Whether the record says its checkpoint was saved in ``save``'s folder and format, still there."""
+    from pathlib import Path
+
+    saved = (record or {}).get("saved") or {}
+    return (saved.get("format") == save["format"] and bool(saved.get("path"))
+            and Path(saved["path"]).parent == Path(save["dir"]) and Path(saved["path"]).is_dir())
 
 
 def _tag(store: Any, cells: list[RunSpec], known: dict[str, dict[str, Any]]) -> None:

@@ -196,6 +196,7 @@ FIELDS: dict[str, Check] = {  # record key -> check; a missing key is checked as
     "evals": lambda v: _evals(v),
     "aliases": lambda v: _aliases(v),
     "artifact": optional(obj({"sha256": text, "path": text, "bytes": integer(*COUNT), "kept": boolean})),
+    "saved": optional(obj({"path": text, "format": one_of("dense", "compressed"), "bytes": optional(integer(*COUNT))})),
 }
 REQUIRED = ("record_version", "run_id", "spec_json", "suite", "suites", "model", "method", "variant", "target",
             "seed", "status", "evals")

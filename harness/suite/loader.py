@@ -65,6 +65,7 @@ class Suite:
     warnings: tuple[str, ...] = ()  # file:line lines about things only the running machine can know
     timeout_min: float | None = None  # a cell's time limit in minutes (worker executors); None: 24 h
     keep: str = "auto"  # which pruned-weight artifacts are kept (harness.run.artifacts)
+    save: dict[str, str] | None = None  # {"dir", "format"}: export each ok cell's checkpoint (harness.run.export)
 
 
 REMOTE_CODE_FLAG = "--trust-remote-code"
@@ -114,7 +115,8 @@ def _parse(ck: Checker, path: str, text: str, data: Any, line: int, trust_remote
         calibration=calibration, perplexity=tuple(top.get("evals", {}).get("perplexity", ())),
         layers=top.get("layers", LayerSelection()), seeds=tuple(top.get("seeds", (calibration.seed,))),
         batch_size=top.get("batch_size", 8), lm_eval=evals.get("lm_eval"), image_evals=image_evals,
-        warnings=tuple(str(w) for w in ck.warnings), timeout_min=top.get("timeout_min"), keep=top.get("keep", "auto"))
+        warnings=tuple(str(w) for w in ck.warnings), timeout_min=top.get("timeout_min"), keep=top.get("keep", "auto"),
+        save=top.get("save"))
 
 
 def load_suite(path: str | os.PathLike[str], *, trust_remote_code: bool = False) -> Suite:
@@ -167,6 +169,6 @@ def expand(suite: Suite) -> list[RunSpec]:
                         calibration=replace(suite.calibration, seed=seed), perplexity=suite.perplexity,
                         layers=suite.layers, seed=seed, batch_size=suite.batch_size, lm_eval=suite.lm_eval,
                         image_evals=suite.image_evals, profile=profile, label=label,
-                        suite_path=os.path.abspath(suite.path), keep=suite.keep)
+                        suite_path=os.path.abspath(suite.path), keep=suite.keep, save=suite.save)
                     cells.setdefault(spec.run_id, spec)
     return list(cells.values())

@@ -170,6 +170,27 @@ def keep(ck: Checker, value: Any, path: str, line: int) -> str | None:
     return value
 
 
+SAVE_FORMATS = ("dense", "compressed")  # a save_pretrained folder; compressed-tensors' sparse formats
+
+
+def save(ck: Checker, value: Any, path: str, line: int, base_dir: str = ".") -> dict[str, str] | None:
+    """``save: DIR`` or ``save: {dir: DIR, format: dense | compressed}``: where each ok cell's pruned
+    checkpoint goes (a relative DIR is relative to the suite's folder)."""
+    if isinstance(value, str):
+        value = {"dir": value}
+    if not isinstance(value, dict) or not isinstance(value.get("dir"), str) or not value["dir"].strip():
+        ck.err(line, path, f"expected a folder, or a mapping with 'dir' and 'format' ({' | '.join(SAVE_FORMATS)}); "
+                           f"got {describe(value)}")
+        return None
+    unknown = sorted(set(value) - {"dir", "format"})
+    fmt = value.get("format", "dense")
+    if unknown or fmt not in SAVE_FORMATS:
+        what = f"unknown key '{unknown[0]}'" if unknown else f"format {describe(fmt)}"
+        ck.err(line, path, f"{what}; save takes 'dir' and 'format' ({' | '.join(SAVE_FORMATS)})")
+        return None
+    return {"dir": os.path.abspath(os.path.join(base_dir, os.path.expanduser(value["dir"]))), "format": fmt}
+
+
 def _method(ck: Checker, item: Any, path: str, line: int) -> tuple[str, dict[str, Any], Any, str | None] | None:
     name, params, name_path, params_path, params_line = item, None, path, path, line
     profile, label = None, None
@@ -347,6 +368,7 @@ def suite_schema(base_dir: str) -> dict[str, Check]:
         "batch_size": int_in(1, MAX_BATCH),
         "timeout_min": timeout_min,  # not in the run id: a time limit changes no number
         "keep": keep,  # which pruned weights are kept; not in the run id
+        "save": partial(save, base_dir=base_dir),  # export ok cells as checkpoints; not in the run id
     }
 
 
