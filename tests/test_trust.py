@@ -229,3 +229,44 @@ def test_keep_none_drops_the_weights_and_a_new_evaluation_prunes_again(tmp_path)
     record = store.read(first.spec.run_id)
     assert again.status == "ok" and record["artifact"]["reproduced"] is True  # pruned again: the same weights
     assert record["metrics"][0] == store.read(first.spec.run_id)["metrics"][0] and len(record["evals"]) == 2
+
+
+def _v1_record(suite_name: str, perplexity: list[dict], value: float) -> dict:
+    """A record as sparsebench wrote it before the identity changed (record and spec version 1)."""
+    import hashlib
+
+    from harness.core.spec import CalibrationSpec, ModelSpec, RunSpec, canonical_json
+
+    spec = RunSpec(suite=suite_name, model=ModelSpec("zoo:tiny-llama"), method="sparsegpt",
+                   params={"blocksize": 128, "dampening_frac": 0.01}, target="0.5", calibration=CalibrationSpec())
+    old = {**spec.to_dict(), "suite": suite_name, "perplexity": perplexity, "version": 1}
+    spec_json = canonical_json(old)
+    names = [f"{p['dataset']}/ppl@{p['seqlen']}" for p in perplexity]
+    return {"record_version": 1, "run_id": hashlib.sha256(spec_json.encode()).hexdigest(), "spec": old,
+            "spec_json": spec_json, "suite": suite_name, "suite_text": f"name: {suite_name}\n",
+            "model": "zoo:tiny-llama", "method": "sparsegpt", "target": "0.5", "seed": 0, "status": "ok",
+            "started_at": "2026-01-02T03:04:05+00:00", "finished_at": "2026-01-02T03:04:06+00:00",
+            "sparsity": {"global": 0.5, "nm_compliant": None}, "environment": {}, "eval_info": {},
+            "metrics": [{"name": n, "value": value, "stderr": None, "n": 10} for n in names]}
+
+
+def test_a_version_1_store_migrates_and_old_ids_resolve(tmp_path):
+    from harness.plugins import method_defaults
+    from harness.store.migrate import set_method_defaults
+
+    set_method_defaults(method_defaults)
+    store = Store(tmp_path / "db" / "s.duckdb")
+    a = _v1_record("suite_a", [{"dataset": "pydoc", "seqlen": 128, "max_windows": None}], 54.8)
+    b = _v1_record("suite_b", [{"dataset": "pydoc", "seqlen": 128, "max_windows": None},
+                               {"dataset": "pydoc", "seqlen": 64, "max_windows": None}], 54.8)
+    for rec in (a, b):
+        (store.runs_dir / rec["run_id"]).mkdir(parents=True)
+        (store.runs_dir / rec["run_id"] / "record.json").write_text(json.dumps(rec))
+    assert store.reindex() == 1  # two suites' records of one pruned model: one record now
+    (run_id, variant, suites, aliases), = store.query("SELECT run_id, variant, suites_json, aliases_json FROM runs")
+    assert variant == "sparsegpt" and json.loads(suites) == ["suite_a", "suite_b"]
+    assert sorted(json.loads(aliases)) == sorted([a["run_id"], b["run_id"]])
+    assert store.aliases(a["run_id"][:10]) == [run_id]
+    rows = store.query("SELECT metric, value, eval_id IS NOT NULL FROM results ORDER BY metric")
+    assert rows == [("pydoc/ppl@128", 54.8, True), ("pydoc/ppl@64", 54.8, True)]
+    assert sorted(p.name for p in (store.root / "migrated").iterdir()) == sorted([a["run_id"], b["run_id"]])

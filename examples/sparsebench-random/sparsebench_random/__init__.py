@@ -1,7 +1,8 @@
 """``random``: prune a uniformly random ``target`` fraction of every row (N of every M for N:M).
 
 A baseline any method should beat. Deterministic: each layer draws from its own generator,
-seeded by ``seed`` and a stable hash of the layer's name (never the global RNG).
+seeded by the param ``seed``, the cell's seed (``self.seed``: the suite's ``seeds``) and a stable
+hash of the layer's name (never the global RNG), so every seed of a suite is its own draw.
 """
 import zlib
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ class Random(LayerMethod):
     stats = "none"  # needs no calibration statistics
 
     def prune(self, name, weight, stats, target):
-        gen = torch.Generator().manual_seed(zlib.crc32(f"{self.params.seed}:{name}".encode()))
+        gen = torch.Generator().manual_seed(zlib.crc32(f"{self.params.seed}:{self.seed}:{name}".encode()))
         scores = torch.rand(weight.shape, generator=gen)  # the smallest scores are pruned
         if target.is_nm:
             mask = nm_mask(scores, target.n, target.m)
