@@ -3,7 +3,10 @@
 #   1. a Llama-2-7B-shaped model (random weights, built on the GPU, fp16) pruned to 50 % by SparseGPT
 #      and by Wanda with 128 x 2048 random-token calibration: prune time, peak GPU memory, per-layer
 #      prune time by projection kind;
-#   2. the per-layer benchmark with our implementations on the GPU (references on the CPU, masks compared).
+#   2. the per-layer benchmark with our implementations on the GPU (references on the CPU, masks compared);
+#   3. block streaming (benchmarks/stream.py): a Llama-2-7B-shaped checkpoint of random bf16 weights
+#      (~13.5 GB, written once to $STREAM_DIR, default /tmp/sparsebench-stream-bench) pruned by SparseGPT
+#      block by block from disk, 4 x 128 calibration tokens: peak RSS and wall time (up to 7 more minutes).
 # Usage:  bash benchmarks/gpu_check.sh            (needs CUDA; results in benchmarks/results/gpu_check_*.json)
 #         SMALL=1 bash benchmarks/gpu_check.sh    (CPU dry run of every step: 2-block Llama, small shapes)
 # PYTHON=/path/to/python overrides the interpreter (default .venv/bin/python, else python3).
@@ -19,9 +22,10 @@ if ! "$PY" -c 'import torch, transformers, rich, harness' 2>/dev/null; then
     exit 2
 fi
 if [[ "${SMALL:-0}" == 1 ]]; then
-    DEVICE=cpu MODEL=llama-tiny CALIB=4x64 SHAPES=128x128,256x128 BIG= LIMIT=300
+    DEVICE=cpu MODEL=llama-tiny CALIB=4x64 SHAPES=128x128,256x128 BIG= LIMIT=300 STREAM_SHAPE=llama-tiny
 else
     DEVICE=cuda MODEL=llama-2-7b CALIB=128x2048 SHAPES=768x768,3072x768,768x3072,4096x4096 BIG=11008x4096 LIMIT=160
+    STREAM_SHAPE=llama-7b
     if ! "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; then
         echo "gpu_check.sh: no CUDA device visible to $PY (torch $("$PY" -c 'import torch; print(torch.__version__)')); run it on a GPU machine, or SMALL=1 for the CPU dry run" >&2
         exit 2
@@ -49,5 +53,8 @@ if [[ -n "$BIG" ]]; then
     step 60 "per-layer $BIG" "$PY" -m benchmarks run --quick --only methods --shapes "$BIG" --device "$DEVICE" \
         --out "$OUT/gpu_check_layers_big.json"
 fi
+echo "== $STREAM_SHAPE streamed from disk, sparsegpt 50% on $DEVICE, calibration 4x128 ($((SECONDS - start)) s elapsed)"
+step 420 "stream $STREAM_SHAPE" "$PY" -m benchmarks.stream --shape "$STREAM_SHAPE" --modes stream --device "$DEVICE" \
+    --dir "${STREAM_DIR:-/tmp/sparsebench-stream-bench}" --out "$OUT/gpu_check_stream.json"
 echo "== gpu_check.sh done in $((SECONDS - start)) s; failed steps: ${failed[*]:-none}"
 [[ ${#failed[@]} -eq 0 ]]

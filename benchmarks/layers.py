@@ -68,7 +68,7 @@ def method_rows(shapes: list[tuple[int, int]], tokens: int, repeat: int, device:
 
 def stage_rows(shapes: list[tuple[int, int]], tokens: int, repeat: int, device: str = "cpu") -> list[dict[str, Any]]:
     """SparseGPT's stages against their floors: one XᵀX matmul, one Cholesky, one GEMM of the sweep's size."""
-    from methods.sparsegpt import inverse_cholesky_upper, sparsegpt_prune
+    from methods.sparsegpt import WIDE_COLS, inverse_cholesky_upper, sparsegpt_prune, ul_cholesky
 
     rows = []
     for d_out, d_in in shapes:
@@ -76,7 +76,9 @@ def stage_rows(shapes: list[tuple[int, int]], tokens: int, repeat: int, device: 
         eye = torch.eye(d_in, device=device)
         t_acc, h = best_of(lambda: _sync(hessian_of(x), device), repeat)
         t_floor_acc, _ = best_of(lambda: _sync(x.T @ x, device), repeat)
-        t_inv, _ = best_of(lambda: _sync(inverse_cholesky_upper(h, 0.01)[0], device), repeat)
+        # the factorization the unstructured path takes (the wide sweep's row solves count as sweep)
+        factor = ul_cholesky if d_in >= WIDE_COLS else inverse_cholesky_upper
+        t_inv, _ = best_of(lambda: _sync(factor(h, 0.01)[0], device), repeat)
         t_chol, _ = best_of(lambda: _sync(torch.linalg.cholesky(h + 0.01 * h.diagonal().mean() * eye), device), repeat)
         w = torch.randn(d_out, d_in, device=device)
         t_all, _ = best_of(lambda: _sync(sparsegpt_prune(w, h, Target(0.5))[0], device), repeat)
@@ -84,7 +86,7 @@ def stage_rows(shapes: list[tuple[int, int]], tokens: int, repeat: int, device: 
         a, b = torch.randn(d_out, d_in, device=device), torch.randn(d_in, d_in, device=device)
         t_gemm, _ = best_of(lambda: _sync(a @ b, device), repeat)  # (rows x d_in) @ (d_in x d_in): the sweep's total flops
         rows.append({
-            "shape": f"{d_out}x{d_in}", "tokens": tokens,
+            "shape": f"{d_out}x{d_in}", "tokens": tokens, "path": "wide" if d_in >= WIDE_COLS else "exact",
             "hessian_s": t_acc, "hessian_floor_s": t_floor_acc, "hessian_x_floor": t_acc / t_floor_acc,
             "inverse_s": t_inv, "cholesky_floor_s": t_chol, "inverse_x_floor": t_inv / t_chol,
             "sweep_s": t_sweep, "sweep_gemm_floor_s": t_gemm, "sweep_x_floor": t_sweep / t_gemm,

@@ -37,10 +37,11 @@ def wanda_ref(w: torch.Tensor, hessian: torch.Tensor, sparsity: float, n: int = 
 
 
 def sparsegpt_ref(w: torch.Tensor, hessian: torch.Tensor, sparsity: float, n: int = 0, m: int = 0,
-                  blocksize: int = 128, percdamp: float = 0.01) -> torch.Tensor:
-    """SparseGPT ``fasterprune`` as published: per-column loop, boolean masking, lazy block updates."""
-    W = w.clone().float()
-    H = hessian.clone().float()
+                  blocksize: int = 128, percdamp: float = 0.01, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """SparseGPT ``fasterprune`` as published: per-column loop, boolean masking, lazy block updates.
+    ``dtype=torch.float64`` gives the same algorithm with less rounding (a yardstick for masks)."""
+    W = w.clone().to(dtype)
+    H = hessian.clone().to(dtype)
     cols = W.shape[1]
     dead = torch.diag(H) == 0
     H[dead, dead] = 1

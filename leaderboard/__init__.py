@@ -1,7 +1,10 @@
 """The sparsebench leaderboard: a static site, ``harness compare`` and ``harness export``.
 
 Two stages (house style rule 15): :mod:`leaderboard.build` and :mod:`leaderboard.pages` turn
-stored runs into frozen view models; :mod:`leaderboard.render` writes them with Jinja2.
+stored runs into frozen view models (:mod:`leaderboard.view`): rows keyed by (model, variant,
+target) per protocol (:mod:`leaderboard.rows`), seeds as statistics (:mod:`leaderboard.stats`),
+best marks and standings (:mod:`leaderboard.standing`), published numbers beside them
+(:mod:`leaderboard.reported`); :mod:`leaderboard.render` writes them with Jinja2.
 Metric directions and formats are declared once, in :mod:`harness.core.metrics`
 (:mod:`leaderboard.metrics` presents them).
 """
@@ -26,6 +29,13 @@ _EXPORTS = {
     "build_site": "leaderboard.render",
     "Comparison": "leaderboard.compare",
     "compare": "leaderboard.compare",
+    "reported_gaps": "leaderboard.compare",
+    "Entry": "leaderboard.rows",
+    "entries": "leaderboard.rows",
+    "Stat": "leaderboard.stats",
+    "significance": "leaderboard.stats",
+    "ReportedRow": "leaderboard.reported",
+    "load_reported": "leaderboard.reported",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -1,260 +1,42 @@
-"""Stage one of the leaderboard: stored runs into a frozen, typed table model.
+"""Stage one of the leaderboard: stored runs (and published numbers) into frozen tables.
 
-Every number is decided here: what a cell holds (``value``), what it shows (``display``)
-and how it sorts (``sort_key``). Templates only lay cells out, so the view model can be
-tested without HTML, and the HTML cannot compute anything wrong (HELM's
-``presentation/table.py``, coverage.py's ``html.py``).
-
-One :class:`Table` per suite and model family; rows are runs (model × method × target ×
-seed); columns are declared by :mod:`leaderboard.metrics`. Recovery % compares a run with the
-dense run of the same suite, model and seed, and is left empty for failed runs or when that
-dense run failed or is missing.
+One :class:`~leaderboard.view.Table` per model family and protocol (:mod:`leaderboard.rows`),
+across suites: rows are (model, variant, target) with seeds aggregated (mean ± sample std, n;
+per-seed values in the tooltip), never averaged across variants. Recovery % compares a row's mean
+with the dense model's mean on the same metric. A cell is marked best only when its lead over the
+runner-up is significant (:mod:`leaderboard.stats`); a lead that cannot be tested (one seed, no
+stderr) is marked ``lead`` when it shows at the displayed precision; ties, failed rows, fine-tuning
+rows, trial rows and published numbers are never marked. Published numbers (:mod:`leaderboard.reported`)
+sit beside the reproduced row of the same protocol, with the difference in percent.
 """
 from __future__ import annotations
 
-import hashlib
 import math
-import re
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Sequence
 
 from harness.core.metrics import in_zero_shot_average, recovery
-from leaderboard.data import Run, run_order
-from leaderboard.metrics import AVG_ZERO_SHOT, ZERO_SHOT_KIND, MetricInfo, as_percent, metric_info
+from leaderboard.data import Run, target_label, target_order
+from leaderboard.metrics import AVG_ZERO_SHOT, ZERO_SHOT_KIND, MetricInfo, metric_info
+from leaderboard.reported import ReportedRow, calibration_matches, gap, matches
+from leaderboard.rows import Entry, Protocol, dense_stat, entries
+from leaderboard.standing import best_marks, standing
+from leaderboard.stats import Stat
+from leaderboard.view import (Cell, Column, Link, Row, Table, fmt_count, fmt_time, model_family, model_href,
+                              num_sort, origin_badge, run_href, slug)
 
-# Model-family keywords, searched in the model name; the earliest match wins.
-FAMILIES = ("llama", "opt", "mistral", "mixtral", "qwen", "phi", "gemma", "gpt2", "gpt-neox",
-            "gptj", "pythia", "bloom", "falcon", "olmo", "resnet", "vit", "deit", "convnext",
-            "efficientnet", "mobilenet", "swin", "bert")
-_SIZE_SUFFIX = re.compile(r"[-_.]?\d+(\.\d+)?[bmk]\b.*$", re.IGNORECASE)
-
-SortKey = float | str | None
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One table cell.
-
-    Attributes:
-        value: The raw value (a float, a string or None), for tests and data export.
-        display: The text shown.
-        sort_key: What the column sorts by; None sorts last in either direction.
-        title: Tooltip text (stderr, error message, full value).
-        href: A relative link, or None.
-        css: Extra CSS classes (``"failed"``, ``"best"``).
-    """
-
-    value: float | str | None
-    display: str
-    sort_key: SortKey
-    title: str = ""
-    href: str | None = None
-    css: str = ""
+__all__ = ["Cell", "Column", "Row", "Table", "avg_info", "build_table", "build_tables", "model_family",
+           "model_href", "run_href", "slug", "table_metrics"]
 
 
-@dataclass(frozen=True)
-class Column:
-    """A column header.
-
-    Attributes:
-        key: Stable identifier, used in ``data-col``.
-        label: Header text.
-        kind: ``"num"`` sorts numerically, ``"text"`` alphabetically.
-        better: ``"asc"`` / ``"desc"``: the first click sorts best first; ``""`` for text.
-        title: Header tooltip.
-    """
-
-    key: str
-    label: str
-    kind: Literal["num", "text"] = "text"
-    better: Literal["asc", "desc", ""] = ""
-    title: str = ""
+def avg_info() -> MetricInfo:
+    return MetricInfo(AVG_ZERO_SHOT, AVG_ZERO_SHOT, True, "percent", "avg", True)
 
 
-@dataclass(frozen=True)
-class Row:
-    """A run's row; ``model``/``method``/``status`` feed the filters' data attributes."""
-
-    run_id: str
-    model: str
-    method: str
-    target: str
-    status: str
-    cells: tuple[Cell, ...]
-
-
-@dataclass(frozen=True)
-class Table:
-    id: str  # HTML id, unique within the page
-    title: str
-    suite: str
-    family: str
-    columns: tuple[Column, ...]
-    rows: tuple[Row, ...]
-    methods: tuple[str, ...]  # filter choices, sorted
-
-    def column(self, key: str) -> int:
-        """Index of the column with ``key``."""
-        return next(i for i, c in enumerate(self.columns) if c.key == key)
-
-
-# ---------------------------------------------------------------------------- helpers
-
-
-def slug(text: str, *, hashed: bool = True) -> str:
-    """A file-name-safe slug; with ``hashed``, a short hash keeps distinct names distinct."""
-    base = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:60] or "x"
-    if not hashed:
-        return base
-    return f"{base}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
-
-
-def model_family(model_id: str) -> str:
-    """``hf:meta-llama/Llama-2-7b-hf`` -> ``llama``; unknown names lose their size suffix."""
-    name = model_id.split(":", 1)[-1].rsplit("/", 1)[-1].lower()
-    hits = [(name.find(f), -len(f), f) for f in FAMILIES if f in name]
-    if hits:
-        return min(hits)[2]
-    return _SIZE_SUFFIX.sub("", name) or name
-
-
-def model_href(model: str) -> str:
-    return f"models/{slug(model)}.html"
-
-
-def run_href(run_id: str) -> str:
-    return f"runs/{run_id}.html"
-
-
-def dense_reference(runs: Iterable[Run]) -> dict[tuple[str, str, int], Run]:
-    """``(suite, model, seed) -> dense run``, ok runs only: the reference for recovery."""
-    return {(r.suite, r.model, r.seed): r for r in runs if r.is_dense and r.ok}
-
-
-def metric_value(run: Run, metric: str, zero_shot: Sequence[str] = ()) -> float | None:
-    """A run's value of ``metric``; ``avg zero-shot`` is the mean of ``zero_shot`` metrics
-    and None unless every one of them is present (a partial mean would not compare)."""
-    if metric == AVG_ZERO_SHOT:
-        vals = [run.metrics[m].value for m in zero_shot if m in run.metrics]
-        if not zero_shot or len(vals) < len(zero_shot) or any(v is None for v in vals):
-            return None
-        return sum(vals) / len(vals)
-    mv = run.metrics.get(metric)
-    return None if mv is None else mv.value
-
-
-def _num_sort(v: float | None) -> SortKey:
-    # One key cannot put a NaN (a diverged run) at the bad end in both sort directions, so
-    # it sorts last, like a missing value; its cell still shows "nan".
-    return None if v is None or not math.isfinite(v) else v
-
-
-def _fmt_time(seconds: float | None) -> str:
-    if seconds is None:
-        return "–"
-    return f"{seconds:.1f} s" if seconds < 600 else f"{seconds / 60:.1f} min"
-
-
-# ---------------------------------------------------------------------------- cells
-
-
-def _metric_cell(run: Run, info: MetricInfo, value: float | None, stderr: float | None,
-                 best: bool) -> Cell:
-    if not run.ok:
-        return Cell(None, "–", None, "failed run")
-    text = info.format(value)
-    se = info.format_stderr(stderr)
-    title = f"{info.name} = {value!r}" + (f" ± {stderr:.4g} (stderr)" if se else "")
-    if best:
-        title += "; best method at this target"
-    return Cell(value, f"{text} ± {se}" if se else text, _num_sort(value), title,
-                css="best" if best else "")
-
-
-def _recovery_cell(run: Run, metric: str, value: float | None, dense: float | None) -> Cell:
-    rec = recovery(value, dense, metric) if run.ok and dense is not None else None
-    if rec is None or not math.isfinite(rec):
-        why = "failed run" if not run.ok else "no dense reference" if dense is None else ""
-        return Cell(None, "–", None, why)
-    return Cell(rec, f"{rec:.1f}", rec, f"{rec:.2f} % of the dense model's {metric}")
-
-
-def _target_cell(run: Run) -> Cell:
-    t = run.parsed_target
-    key = None if t is None else t.sparsity + (1e-9 if t.is_nm else 0.0)  # 2:4 right after 0.5
-    kind = "dense" if run.is_dense else "N:M" if t is not None and t.is_nm else "unstructured"
-    return Cell(run.target, run.target, key, kind)
-
-
-def variant_labels(runs: Sequence[Run]) -> dict[str, str]:
-    """``run id -> "k=v, ..."`` for runs of a method that appears with more than one set of
-    params in ``runs``: the params on which its variants differ, so that two rows of ``iobs``
-    read as ``iobs (curvature=fisher)`` and ``iobs (curvature=activations)``. Runs of a method
-    used with one set of params get no entry."""
-    def shown(value: object) -> str:
-        return "default" if value is None else str(value)
-
-    by_method: dict[str, list[Run]] = {}
-    for run in runs:
-        by_method.setdefault(run.method, []).append(run)
-    out: dict[str, str] = {}
-    for group in by_method.values():
-        keys = sorted({k for r in group for k in r.params})
-        differ = [k for k in keys if len({repr(r.params.get(k)) for r in group}) > 1]
-        for run in group if differ else ():
-            out[run.run_id] = ", ".join(f"{k}={shown(run.params.get(k))}" for k in differ)
-    return out
-
-
-def _method_cell(run: Run, variant: str = "") -> Cell:
-    """The method's name, with ``variant`` (:func:`variant_labels`) in parentheses when the table
-    holds other variants of it; a fine-tuning method carries a label so it is not read as
-    one-shot, and a sparsity profile (OWL) shows as ``wanda +owl``."""
-    title = ", ".join(f"{k}={v}" for k, v in sorted(run.params.items()))
-    profile = run.spec.get("profile") or {}
-    label = f"{run.method} +{profile['name']}" if profile else run.method
-    label += f" ({variant})" if variant else ""
-    if profile:
-        title += f"; sparsity profile {profile['name']} " + ", ".join(
-            f"{k}={v}" for k, v in sorted(profile.items()) if k != "name")
-    if run.fine_tuned:
-        return Cell(label, f"{label} · fine-tuned", label,
-                    f"fine-tuning after pruning, not one-shot (left out of the best-cell marks); {title}",
-                    css="finetune")
-    return Cell(label, label, label, title)
-
-
-def _sparsity_cell(run: Run) -> Cell:
-    s = run.sparsity_global
-    if s is None:
-        return Cell(None, "–", None, "not measured")
-    title = f"measured over the pruned layers: {s:.6f}"
-    if run.nm_compliant is not None:
-        title += "; N:M " + ("compliant in every group" if run.nm_compliant else "VIOLATED")
-    mark = "" if run.nm_compliant in (None, True) else " ✗"
-    return Cell(s, f"{100 * s:.1f}{mark}", s, title)
-
-
-def _status_cell(run: Run) -> Cell:
-    if run.ok and run.publishable is False:
-        return Cell("trial", "trial", "trial", "lm-eval ran with a limit: a trial run, "
-                    "not a leaderboard number", css="trial")
-    if run.ok:
-        return Cell("ok", "ok", "ok")
-    # "failed" (the method's) or "error" (the machine's: no result, the next run retries it)
-    return Cell(run.status, run.status, run.status, run.error or run.status, run_href(run.run_id), "failed")
-
-
-# ---------------------------------------------------------------------------- tables
-
-
-def table_metrics(runs: Sequence[Run]) -> tuple[list[MetricInfo], list[str]]:
-    """The table's metrics (non-zero-shot first, then zero-shot; each sorted) and the
-    zero-shot metric names that feed the average: only the tasks declared in
-    :data:`harness.core.metrics.AVERAGED_TASKS` (the Wanda 7 and the offline tasks that pass
-    the discrimination rule); other accuracies keep their columns. Secondary lm-eval rows
-    (not headline) are left to the run pages."""
+def table_metrics(rows: Sequence[Entry | Run]) -> tuple[list[MetricInfo], list[str]]:
+    """The metrics of these rows' ok runs (non-zero-shot first, then zero-shot; each sorted) and
+    the zero-shot names that feed the average (:data:`harness.core.metrics.AVERAGED_TASKS`).
+    Secondary lm-eval rows (not headline) are left to the run pages."""
+    runs = [r for x in rows for r in (x.ok_runs if isinstance(x, Entry) else [x] if x.ok else [])]
     names = sorted({m for r in runs for m, mv in r.metrics.items() if mv.shown})
     infos = [metric_info(n) for n in names]
     zero = [i for i in infos if i.kind == ZERO_SHOT_KIND]
@@ -262,114 +44,278 @@ def table_metrics(runs: Sequence[Run]) -> tuple[list[MetricInfo], list[str]]:
     return other + zero, [i.name for i in zero if in_zero_shot_average(i.name)]
 
 
-def build_table(runs: Sequence[Run], *, suite: str, family: str, table_id: str,
-                all_runs: Sequence[Run] | None = None) -> Table:
-    """One table from runs of one suite and family.
+# ---------------------------------------------------------------------------- cells
 
-    Args:
-        runs: The rows, any order (they are put in :func:`leaderboard.data.run_order`).
-        suite: Suite name, for the title.
-        family: Model family, for the title.
-        table_id: HTML id.
-        all_runs: Where to look for dense references (default: ``runs``).
-    """
-    runs = sorted(runs, key=run_order)
-    refs = dense_reference(all_runs if all_runs is not None else runs)
-    infos, zero_shot = table_metrics(runs)
-    best = best_runs(runs, infos, zero_shot)
-    variants = variant_labels(runs)
-    show_seed = len({r.seed for r in runs}) > 1
-    cols = [Column("model", "model"), Column("method", "method"),
-            Column("target", "target", "num", "", "target sparsity or N:M pattern")]
-    if show_seed:
-        cols.append(Column("seed", "seed", "num"))
-    cols.append(Column("status", "status"))
-    rec_cols: dict[str, Column] = {}
+
+def stat_text(info: MetricInfo, stat: Stat) -> tuple[str, str, str]:
+    """``(display, note, title)`` of a statistic: ``24.00 ± 0.31`` with ``n=3`` over seeds
+    (the per-seed values in the title), or ``66.0 ± 1.0`` with the metric's own stderr."""
+    if stat.n >= 2:
+        spread = info.format_stderr(stat.std)
+        seeds = ", ".join(f"seed {s}: {info.format(v)}" for s, v in stat.values)
+        return (f"{info.format(stat.mean)} ± {spread}" if spread else info.format(stat.mean), f"n={stat.n}",
+                f"mean ± sample std over {stat.n} seeds ({seeds})")
+    se = info.format_stderr(stat.stderr)
+    seed = stat.values[0][0]
+    title = f"seed {seed}: {stat.mean!r}" + (f" ± {stat.stderr:.4g} (the metric's stderr)" if se else "")
+    return (f"{info.format(stat.mean)} ± {se}" if se else info.format(stat.mean), "", title)
+
+
+def _metric_cell(e: Entry, info: MetricInfo, stat: Stat | None, mark: tuple[str, str] | None) -> Cell:
+    if not e.ok_runs:
+        return Cell(None, "–", None, "failed run" if e.runs else "")
+    if stat is None:
+        why = "not evaluated" if info.name != AVG_ZERO_SHOT else "needs every zero-shot metric"
+        return Cell(None, "–", None, why)
+    display, note, title = stat_text(info, stat)
+    css = ""
+    if mark is not None:
+        css, why = mark
+        title += f"; {why}"
+    return Cell(stat.mean, display, num_sort(stat.mean), title, css=css, note=note)
+
+
+def _recovery_cell(e: Entry, metric: str, stat: Stat | None, dense: Stat | None) -> Cell:
+    rec = recovery(stat.mean, dense.mean, metric) if stat is not None and dense is not None and e.ok_runs else None
+    if rec is None or not math.isfinite(rec):
+        why = "failed run" if not e.ok_runs else "no dense reference" if dense is None else ""
+        return Cell(None, "–", None, why)
+    return Cell(rec, f"{rec:.1f}", rec, f"{rec:.2f} % of the dense model's {metric} (means over seeds)")
+
+
+def target_cell(target: str, dense: bool = False) -> Cell:
+    order = target_order(target)
+    key = order[0] * 10 + order[1] + order[2] * 1e-6 if math.isfinite(order[1]) else None
+    kind = "dense" if dense else "N:M" if order[0] == 1 else "unstructured"
+    return Cell(target, target_label(target), key, f"{kind} target {target}")
+
+
+def model_cell(model: str, num_params: int | None) -> Cell:
+    count = fmt_count(num_params)
+    title = model + (f" · {num_params:,} parameters" if num_params else "")
+    return Cell(model, model, model.lower(), title, model_href(model), note=count)
+
+
+def _method_cell(e: Entry) -> Cell:
+    run = e.runs[0]
+    title = ", ".join(f"{k}={v}" for k, v in sorted(run.params.items())) or "default params"
+    if run.profile:
+        title += f"; sparsity profile {run.profile.get('name')} " + ", ".join(
+            f"{k}={v}" for k, v in sorted(run.profile.items()) if k != "name")
+    badge = origin_badge(e.origin)
+    if badge:
+        title += f"; third-party method from {e.origin}"
+    if e.fine_tuned:
+        return Cell(e.variant, f"{e.variant} · fine-tuned", e.variant,
+                    f"fine-tuning after pruning, not one-shot (left out of the best marks); {title}",
+                    css="finetune", badge=badge)
+    return Cell(e.variant, e.variant, e.variant, title, badge=badge)
+
+
+def _status_cell(e: Entry) -> Cell:
+    status = e.status
+    if status == "trial":
+        return Cell("trial", "trial", "trial", "lm-eval ran with a limit: a trial run, not a leaderboard number",
+                    css="trial")
+    if status == "ok":
+        return Cell("ok", "ok", "ok")
+    bad = e.failed_runs[0]
+    return Cell(status, status, status, bad.error or bad.status, run_href(bad.run_id), "failed")
+
+
+def _sparsity_cell(e: Entry) -> Cell:
+    vals = [r.sparsity_global for r in e.ok_runs if r.sparsity_global is not None]
+    if not vals:
+        return Cell(None, "–", None, "not measured")
+    s = sum(vals) / len(vals)
+    title = "measured over the pruned layers: " + ", ".join(f"{v:.6f}" for v in vals)
+    broken = any(r.nm_compliant is False for r in e.ok_runs)
+    if any(r.nm_compliant is not None for r in e.ok_runs):
+        title += "; N:M " + ("VIOLATED" if broken else "compliant in every group")
+    return Cell(s, f"{100 * s:.1f}" + (" ✗" if broken else ""), s, title)
+
+
+def _runs_cell(e: Entry) -> Cell:
+    links = tuple(Link(r.short_id[:6], run_href(r.run_id), f"seed {r.seed}: {r.status}") for r in e.runs)
+    return Cell(e.runs[0].run_id, " ".join(x.text for x in links), e.runs[0].run_id, "run details per seed",
+                css="runs", links=links)
+
+
+# ---------------------------------------------------------------------------- tables
+
+
+def _columns(infos: Sequence[MetricInfo], zero_shot: Sequence[str], published_only: set[str]) -> list[Column]:
+    """The columns; a metric only published numbers have (nothing here measured it) gets no recovery."""
+    cols = [Column("model", "model"), Column("method", "method", title="method variant"),
+            Column("target", "target", "num", "", "target sparsity or N:M pattern"), Column("status", "status")]
     for info in infos:
         better = "desc" if info.higher_is_better else "asc"
         direction = "higher" if info.higher_is_better else "lower"
         default = "" if info.declared else " (default for an unknown metric)"
+        zero = info.kind == ZERO_SHOT_KIND
         cols.append(Column(f"m:{info.name}", f"{info.label} {info.arrow}", "num", better,
-                           f"{info.name}; {direction} is better{default}"))
-        if info.kind != ZERO_SHOT_KIND:
-            rec_cols[info.name] = Column(
-                f"r:{info.name}", "recovery %", "num", "desc",
-                f"{info.name} as % of the dense run (same suite, model, seed)")
-            cols.append(rec_cols[info.name])
+                           f"{info.name}; {direction} is better{default}", secondary=zero and bool(zero_shot)))
+        if not zero and info.name not in published_only:
+            cols.append(Column(f"r:{info.name}", f"recovery ({info.label})", "num", "desc",
+                               f"{info.name} as % of the dense model's (means over seeds)"))
     if zero_shot:
-        cols.append(Column("avg", f"{AVG_ZERO_SHOT} % ↑", "num", "desc",
-                           "mean of: " + ", ".join(zero_shot)))
-        cols.append(Column("r:avg", "recovery %", "num", "desc",
-                           f"{AVG_ZERO_SHOT} as % of the dense run (same suite, model, seed)"))
-    cols += [Column("sparsity", "sparsity %", "num", "", "measured over the pruned layers"),
-             Column("prune_time", "prune time", "num", "asc"), Column("device", "device"),
-             Column("run", "run")]
-
-    rows = []
-    for run in runs:
-        ref = refs.get((run.suite, run.model, run.seed))
-        cells = [Cell(run.model, run.model, run.model.lower(), run.model, model_href(run.model)),
-                 _method_cell(run, variants.get(run.run_id, "")), _target_cell(run)]
-        if show_seed:
-            cells.append(Cell(run.seed, str(run.seed), run.seed))
-        cells.append(_status_cell(run))
-        for info in infos:
-            mv = run.metrics.get(info.name)
-            value = None if mv is None else mv.value
-            cells.append(_metric_cell(run, info, value, None if mv is None else mv.stderr,
-                                      run.run_id in best[info.name]))
-            if info.name in rec_cols:
-                dense = None if ref is None else metric_value(ref, info.name)
-                cells.append(_recovery_cell(run, info.name, value, dense))
-        if zero_shot:
-            avg = metric_value(run, AVG_ZERO_SHOT, zero_shot) if run.ok else None
-            shown = None if avg is None else as_percent(avg)
-            top = run.run_id in best[AVG_ZERO_SHOT]
-            cells.append(Cell(avg, "–" if shown is None else f"{shown:.1f}", _num_sort(avg),
-                              "" if avg is not None else "needs every zero-shot metric",
-                              css="best" if top else ""))
-            dense = None if ref is None else metric_value(ref, AVG_ZERO_SHOT, zero_shot)
-            cells.append(_recovery_cell(run, AVG_ZERO_SHOT, avg, dense))
-        cells += [_sparsity_cell(run),
-                  Cell(run.prune_time_s, _fmt_time(run.prune_time_s), run.prune_time_s,
-                       f"wall time {_fmt_time(run.wall_time_s)}"),
-                  Cell(run.device_label, run.device_short, run.device_short.lower(),
-                       run.device_label),
-                  Cell(run.run_id, run.short_id, run.run_id, "run details", run_href(run.run_id))]
-        rows.append(Row(run.run_id, run.model, run.method, run.target, run.status, tuple(cells)))
-    title = suite if family == "" else f"{suite} · {family}"
-    return Table(table_id, title, suite, family, tuple(cols), tuple(rows),
-                 tuple(sorted({r.method for r in runs})))
+        cols.append(Column("avg", f"{AVG_ZERO_SHOT} % ↑", "num", "desc", "mean of: " + ", ".join(zero_shot)))
+        cols.append(Column("r:avg", f"recovery ({AVG_ZERO_SHOT})", "num", "desc",
+                           f"{AVG_ZERO_SHOT} as % of the dense model's"))
+    cols += [Column("sparsity", "sparsity %", "num", "", "measured over the pruned layers (mean over seeds)", True),
+             Column("prune_time", "prune time", "num", "asc", "mean over seeds", True),
+             Column("device", "device", secondary=True), Column("suites", "suites", secondary=True),
+             Column("run", "runs", title="one link per seed")]
+    return cols
 
 
-def build_tables(runs: Sequence[Run]) -> list[Table]:
-    """The index: one table per (suite, model family), sorted by suite then family."""
-    groups: dict[tuple[str, str], list[Run]] = {}
-    for run in runs:
-        groups.setdefault((run.suite, model_family(run.model)), []).append(run)
-    return [build_table(rs, suite=suite, family=fam, table_id=f"t-{slug(f'{suite}/{fam}')}",
-                        all_runs=runs)
-            for (suite, fam), rs in sorted(groups.items())]
-
-
-def best_runs(runs: Sequence[Run], infos: Sequence[MetricInfo],
-              zero_shot: Sequence[str] = ()) -> dict[str, set[str]]:
-    """``metric -> run ids`` of the best ok non-dense one-shot run per (model, target, seed):
-    the cells a reader looks for first, highlighted in bold. Ties all count as best, but where
-    every method ties (a saturated task) nothing is highlighted. Fine-tuning runs are left
-    out: they answer another question (what training recovers) and are labelled instead."""
-    names = [(i.name, i.higher_is_better) for i in infos]
+def _entry_row(e: Entry, columns: Sequence[Column], infos: Sequence[MetricInfo], zero_shot: Sequence[str],
+               pool: Sequence[Entry], marks: dict[str, dict[tuple, tuple[str, str]]], num_params: int | None) -> Row:
+    cells = {"model": model_cell(e.model, num_params), "method": _method_cell(e),
+             "target": target_cell(e.target, e.is_dense), "status": _status_cell(e)}
+    for info in infos:
+        stat = e.stat(info.name)
+        cells[f"m:{info.name}"] = _metric_cell(e, info, stat, marks[info.name].get(e.key))
+        dense = dense_stat(pool, e.model, info.name, protocol=e.protocol.key)
+        cells[f"r:{info.name}"] = _recovery_cell(e, info.name, stat, dense)
     if zero_shot:
-        names.append((AVG_ZERO_SHOT, True))
-    best: dict[str, set[str]] = {}
-    for name, higher in names:
-        groups: dict[tuple, list[tuple[float, str]]] = {}
-        for r in runs:
-            v = metric_value(r, name, zero_shot)
-            if r.ok and not r.is_dense and not r.fine_tuned and v is not None and math.isfinite(v):
-                score = v if higher else -v
-                groups.setdefault((r.model, r.target, r.seed), []).append((score, r.run_id))
-        best[name] = {rid for scored in groups.values()
-                      if len({s for s, _ in scored}) > 1  # someone is worse
-                      for s, rid in scored if s == max(scored)[0]}
-    return best
+        stat = e.stat(AVG_ZERO_SHOT, zero_shot)
+        cells["avg"] = _metric_cell(e, avg_info(), stat, marks[AVG_ZERO_SHOT].get(e.key))
+        dense = dense_stat(pool, e.model, AVG_ZERO_SHOT, zero_shot, protocol=e.protocol.key)
+        cells["r:avg"] = _recovery_cell(e, AVG_ZERO_SHOT, stat, dense)
+    times = [r.prune_time_s for r in e.ok_runs if r.prune_time_s is not None]
+    t = sum(times) / len(times) if times else None
+    walls = [r.wall_time_s for r in e.ok_runs if r.wall_time_s is not None]
+    run = e.runs[0]
+    cells.update(
+        sparsity=_sparsity_cell(e),
+        prune_time=Cell(t, fmt_time(t), t, f"wall time {fmt_time(sum(walls) / len(walls) if walls else None)}"),
+        device=Cell(run.device_label, run.device_short, run.device_short.lower(), run.device_label),
+        suites=Cell(" ".join(e.suites), ", ".join(e.suites), " ".join(e.suites), "suites that asked for this cell"),
+        run=_runs_cell(e))
+    return Row(run.run_id, e.model, e.method, e.variant, e.target, e.status, "run", e.suites,
+               tuple(cells.get(c.key, Cell(None, "–", None)) for c in columns))
+
+
+def _reported_row(rep: ReportedRow, columns: Sequence[Column], pool: Sequence[Entry]) -> Row:
+    """A paper's number in its metric's column; the difference to the reproduction in the note."""
+    g = gap(rep, pool)
+    info = metric_info(rep.metric_name)
+    by_key: dict[str, Cell] = {
+        "model": model_cell(rep.model, None),
+        "method": Cell(rep.method, rep.method, rep.method, f"{rep.citation}, {rep.table}", badge="reported"),
+        "target": target_cell(rep.target, rep.method == "dense"),
+        "status": Cell("reported", "reported", "reported",
+                       f"{rep.citation}; {rep.table}; {rep.provenance} ({rep.source})",
+                       css="reported" + ("" if rep.verified else " unverified")),
+        "suites": Cell("", "", None), "run": Cell(None, "", None),
+    }
+    title = f"reported {rep.value:g} ({rep.citation}, {rep.table}); never ranked"
+    note = ""
+    if g.delta_pct is not None:
+        note = f"repro {g.delta_pct:+.1f} %"
+        s = g.stat
+        title += f"; reproduced here {s.mean:.4g} over {s.n} seed(s): {g.delta_pct:+.2f} %"  # type: ignore[union-attr]
+    elif g.others:
+        o = g.others[0]
+        note = "≠ protocol"
+        title += f"; reproduced only under another protocol: {o.stat.mean:.4g} ({o.metric}; {o.differences})"
+    else:
+        title += "; not reproduced here"
+    if not rep.verified:
+        title += "; unverified: " + rep.provenance
+    by_key[f"m:{rep.metric_name}"] = Cell(rep.value, info.format(rep.value), num_sort(rep.value), title,
+                                          css="reported", note=note)
+    cells = tuple(by_key.get(c.key, Cell(None, "", None)) for c in columns)
+    return Row(rep.id, rep.model, rep.method.split("+")[0].split("(")[0], rep.method, rep.target, "reported",
+               "reported", (), cells)
+
+
+def _missing_row(rep: ReportedRow, columns: Sequence[Column]) -> Row:
+    """The empty reproduced slot beside a published number nobody has run here yet."""
+    by_key = {"model": model_cell(rep.model, None), "method": Cell(rep.method, rep.method, rep.method),
+              "target": target_cell(rep.target, rep.method == "dense"),
+              "status": Cell("not run", "not run", "not run",
+                             f"no run of this cell under {rep.protocol_label}: run a suite with this model, "
+                             f"method, target and protocol", css="missing")}
+    cells = tuple(by_key.get(c.key, Cell(None, "–" if c.kind == "num" else "", None)) for c in columns)
+    return Row(f"missing:{rep.source}", rep.model, rep.method.split("+")[0].split("(")[0], rep.method, rep.target,
+               "not run", "missing", (), cells)
+
+
+def build_table(rows: Sequence[Entry] | Sequence[Run], *, family: str, table_id: str,
+                protocol: Protocol | None = None, pool: Sequence[Entry] | None = None,
+                reported: Sequence[ReportedRow] = (), suite: str | None = None) -> Table:
+    """One ranking: the entries of one family and protocol, and the published numbers beside them.
+
+    Args:
+        rows: The entries, or runs to group into entries (any order; they are sorted).
+        protocol: Their protocol (default: the first entry's).
+        pool: Where to look for dense references and reproductions (default: ``rows``).
+        reported: Published numbers of this family and protocol.
+        suite: A title to use instead of family · protocol.
+    """
+    if rows and isinstance(rows[0], Run):
+        rows = entries(rows)  # type: ignore[arg-type]
+    rows = list(rows)  # type: ignore[assignment]
+    if protocol is None and rows:
+        protocol = rows[0].protocol
+    pool = list(pool if pool is not None else rows)
+    infos, zero_shot = table_metrics(rows)
+    shown = {i.name for i in infos}
+    extra = [metric_info(m) for m in sorted({r.metric_name for r in reported}) if m not in shown]
+    marks = best_marks(rows, infos, zero_shot)
+    cols = _columns(infos + extra, zero_shot, {i.name for i in extra})
+    params = {r.model: r.num_params for e in pool for r in e.runs if r.num_params}
+    by_key: dict[tuple, list] = {}
+    for e in rows:
+        by_key.setdefault((e.model, e.target, not e.is_dense, e.variant), []).append(e)
+    placed: dict[tuple, list[ReportedRow]] = {}
+    for rep in reported:
+        home = next((k for k, es in by_key.items() if any(matches(rep, e) for e in es)), None)
+        key = home or (rep.model, rep.target, rep.method != "dense", rep.method)
+        placed.setdefault(key, []).append(rep)
+    out: list[Row] = []
+    for key in sorted(set(by_key) | set(placed), key=lambda k: (k[0], target_order(k[1]), k[2], k[3])):
+        for e in by_key.get(key, []):
+            out.append(_entry_row(e, cols, infos, zero_shot, pool, marks, params.get(e.model)))
+        reps = placed.get(key, [])
+        if reps and key not in by_key:
+            out.append(_missing_row(reps[0], cols))
+        out += [_reported_row(rep, cols, pool) for rep in reps]
+    label = protocol.label if protocol is not None else (reported[0].protocol_label if reported else "")
+    title = suite or (f"{family} · {label}" if family else label)
+    return Table(table_id, title, family, label, tuple(cols),
+                 tuple(out), tuple(sorted({r.method for r in out})), standing(rows, infos, zero_shot, pool, marks),
+                 runs=sum(len(e.runs) for e in rows), key=protocol.key if protocol is not None else "")
+
+
+def build_tables(runs: Sequence[Run], reported: Sequence[ReportedRow] = ()) -> list[Table]:
+    """The index: one table per (model family, protocol), across suites; tables of runs first (by
+    family, then protocol), then tables of published numbers that nothing here reproduces yet."""
+    pool = entries(runs)
+    groups: dict[tuple[str, str], list[Entry]] = {}
+    protocols: dict[str, Protocol] = {}
+    for e in pool:
+        groups.setdefault((model_family(e.model), e.protocol.key), []).append(e)
+        protocols[e.protocol.key] = e.protocol
+    homes: dict[tuple[str, str], list[ReportedRow]] = {}
+    for rep in reported:
+        fam = model_family(rep.model)
+        key = next((k for k in sorted(groups) if k[0] == fam and calibration_matches(
+            rep, protocols[k[1]].calibration) and _metric_fits(rep, groups[k])), None)
+        homes.setdefault(key or (fam, "reported:" + rep.protocol_label), []).append(rep)
+    tables = []
+    for (fam, pkey) in sorted(set(groups) | set(homes), key=lambda k: (k not in groups, k)):
+        protocol = protocols.get(pkey)
+        tables.append(build_table(groups.get((fam, pkey), []), family=fam, protocol=protocol,
+                                  table_id=f"t-{slug(fam + pkey)}", pool=pool, reported=homes.get((fam, pkey), ())))
+    return tables
+
+
+def _metric_fits(rep: ReportedRow, group: Sequence[Entry]) -> bool:
+    """A table takes a published number when its runs measured that metric, or nothing like it."""
+    names = {m for e in group for r in e.ok_runs for m in r.metrics}
+    task = rep.metric_name.split("@")[0]
+    return rep.metric_name in names or not any(n.split("@")[0] == task for n in names)
+

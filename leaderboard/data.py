@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness.core.target import Target, TargetError
+from harness.store.records import RECORD_FILE
 
 if TYPE_CHECKING:  # duckdb loads only when a store is used: `harness --help` stays fast
     from harness.store.index import Store
@@ -21,10 +22,10 @@ if TYPE_CHECKING:  # duckdb loads only when a store is used: `harness --help` st
 # when this machine indexed a record, which says nothing about the result and breaks
 # byte-identical rebuilds.
 EXPORT_TABLES: dict[str, str] = {
-    "results": "SELECT * FROM results ORDER BY suite, model, method, target, run_id, metric",
-    "runs": "SELECT * EXCLUDE (ingested_at) FROM runs "
-            "ORDER BY suite, model, method, target, run_id",
-    "metrics": "SELECT * FROM metrics ORDER BY run_id, metric",
+    "results": "SELECT * FROM results ORDER BY ALL",
+    "runs": "SELECT * EXCLUDE (ingested_at) FROM runs ORDER BY run_id",
+    "evals": "SELECT * FROM evals ORDER BY ALL",
+    "metrics": "SELECT * FROM metrics ORDER BY ALL",
     "layers": "SELECT * FROM layers ORDER BY run_id, block, layer",
     "series": "SELECT * FROM series ORDER BY run_id, name, step",
 }
@@ -39,6 +40,7 @@ class MetricValue:
     # lm-eval reports many rows per task (acc and acc_norm, 57 MMLU subjects); the one the
     # leaderboard shows is flagged headline. None: not flagged (perplexity; older stores).
     headline: bool | None = None
+    eval_id: str | None = None  # the evaluation that produced the row (stores with the column)
 
     @property
     def shown(self) -> bool:
@@ -60,10 +62,10 @@ class LayerRow:
 
 @dataclass(frozen=True)
 class Run:
-    """One stored run with its metrics, layers and series."""
+    """One stored run (one seed of one cell) with its metrics, layers and series."""
 
     run_id: str
-    suite: str
+    suite: str  # the first suite that stored the cell
     model: str
     method: str
     target: str
@@ -86,6 +88,16 @@ class Run:
     series: dict[str, tuple[tuple[int, float], ...]] = field(default_factory=dict)
     publishable: bool | None = None  # False: lm-eval ran with a limit, a trial run
     eval_info: dict[str, Any] | None = None  # lm-eval versions, shots, limit, item counts
+    # The store's variant key (harness.core.variants); None in stores older than the column,
+    # where leaderboard.rows derives one from the method, its profile and the params that differ.
+    variant_key: str | None = None
+    label: str | None = None  # the method entry's `label:`
+    resolved_params: dict[str, Any] | None = None  # params_json; None: read them from the spec
+    suites: tuple[str, ...] = ()  # every suite that asked for the cell (older stores: the one)
+    suite_path: str | None = None  # the suite file of the last run that touched the cell
+    artifact: dict[str, Any] | None = None  # the pruned weights: sha256, path, bytes, kept
+    aliases: tuple[str, ...] = ()  # older run ids of the same cell
+    model_info: dict[str, Any] | None = None  # source, sha256, num_params, architecture
 
     @property
     def ok(self) -> bool:
@@ -119,7 +131,32 @@ class Run:
 
     @property
     def params(self) -> dict[str, Any]:
+        if self.resolved_params is not None:
+            return dict(self.resolved_params)
         return dict(self.spec.get("params") or {})
+
+    @property
+    def profile(self) -> dict[str, Any] | None:
+        """The sparsity profile (OWL) and its settings, or None for uniform sparsity."""
+        return self.spec.get("profile") or None
+
+    @property
+    def origin(self) -> str | None:
+        """Where the method came from: ``"builtin"``, or a plugin's ``dist==version``."""
+        return (self.environment or {}).get("method_origin")
+
+    @property
+    def third_party(self) -> bool:
+        return self.origin not in (None, "", "builtin")
+
+    @property
+    def num_params(self) -> int | None:
+        n = (self.model_info or {}).get("num_params")
+        return n if isinstance(n, int) and not isinstance(n, bool) else None
+
+    @property
+    def all_suites(self) -> tuple[str, ...]:
+        return self.suites or (self.suite,)
 
     @property
     def device_label(self) -> str:
@@ -137,36 +174,53 @@ class Run:
         return name.removeprefix("NVIDIA ") if name else (self.device or "?")
 
 
-def target_order(target: str) -> tuple[float, int, str]:
-    """Sort key for targets: by sparsity, N:M after unstructured at equal sparsity."""
+def target_order(target: str) -> tuple[int, float, int, str]:
+    """Sort key for targets: dense, unstructured by sparsity, then N:M patterns by sparsity and M."""
     try:
         t = Target.parse(target)
-        return (t.sparsity, int(t.is_nm), target)
+        return (int(t.is_nm), t.sparsity, t.m, target)
     except TargetError:
-        return (math.inf, 0, target)
+        return (2, math.inf, 0, target)
+
+
+def target_label(target: str) -> str:
+    """``0.5`` -> ``50 %``, ``2:4`` stays, ``0`` -> ``dense``; unparsable text as it is."""
+    try:
+        t = Target.parse(target)
+    except TargetError:
+        return target
+    if t.is_nm:
+        return str(t)
+    return "dense" if t.sparsity == 0 else f"{round(100 * t.sparsity, 2):g} %"
 
 
 def run_order(run: Run) -> tuple:
     """Default row order: model, target (dense first), method, seed, then id for stability."""
-    return (run.suite, run.model, target_order(run.target), run.method, run.seed, run.run_id)
+    return (run.model, target_order(run.target), run.method, run.seed, run.run_id)
+
+
+# Columns a store may lack (older schemas): read as NULL when missing.
+_OPTIONAL_RUN_COLUMNS = ("publishable", "eval_info_json", "variant", "label", "params_json", "suites_json",
+                         "suite_path", "artifact_json", "aliases_json", "model_info_json")
+
+
+def _columns(store: "Store", table: str) -> set[str]:
+    return {r[0] for r in store.query(f"SELECT column_name FROM (DESCRIBE {table})")}
 
 
 def load_runs(store: "Store", suite: str | None = None) -> list[Run]:
-    """Every run in the store (of ``suite``, if given), in :func:`run_order`."""
-    where, params = ("WHERE suite = ?", [suite]) if suite else ("", [])
+    """Every run in the store (asked for by ``suite``, if given), in :func:`run_order`."""
+    have = _columns(store, "runs")
+    optional = ", ".join(c if c in have else f"NULL AS {c}" for c in _OPTIONAL_RUN_COLUMNS)
     cols = ("run_id, suite, model, method, target, seed, status, error, traceback, spec_json, "
             "suite_text, wall_time_s, prune_time_s, peak_rss_bytes, peak_cuda_bytes, device, "
-            "sparsity_global, nm_compliant, environment_json, publishable, eval_info_json")
-    base = store.query(f"SELECT {cols} FROM runs {where}", params)
+            "sparsity_global, nm_compliant, environment_json, " + optional)
+    base = store.query(f"SELECT {cols} FROM runs ORDER BY run_id")
     ids = [r[0] for r in base]
-    metrics: dict[str, dict[str, MetricValue]] = {i: {} for i in ids}
+    metrics = _load_metrics(store, ids)
     layers: dict[str, list[LayerRow]] = {i: [] for i in ids}
     series: dict[str, dict[str, list[tuple[int, float]]]] = {i: {} for i in ids}
     if ids:
-        for rid, metric, value, stderr, n, head in store.query(
-                "SELECT run_id, metric, value, stderr, n, headline FROM metrics "
-                "WHERE list_contains(?, run_id) ORDER BY metric", [ids]):
-            metrics[rid][metric] = MetricValue(value, stderr, n, head)
         for rid, *row in store.query(
                 "SELECT run_id, layer, block, rows, cols, sparsity, nm_ok, rel_error, time_s "
                 "FROM layers WHERE list_contains(?, run_id) ORDER BY block NULLS LAST, layer",
@@ -178,17 +232,73 @@ def load_runs(store: "Store", suite: str | None = None) -> list[Run]:
             series[rid].setdefault(name, []).append((step, value))
     runs = []
     for (rid, suite_, model, method, target, seed, status, error, tb, spec_json, suite_text,
-         wall, prune, rss, cuda, device, sparsity, nm, env_json, pub, eval_json) in base:
+         wall, prune, rss, cuda, device, sparsity, nm, env_json, pub, eval_json, variant, label,
+         params_json, suites_json, suite_path, artifact_json, aliases_json, info_json) in base:
+        suites = tuple(_loads(suites_json) or ())
+        if suite and suite != suite_ and suite not in suites:
+            continue
         runs.append(Run(
             run_id=rid, suite=suite_, model=model, method=method, target=target, seed=seed,
             status=status, error=error, traceback=tb, spec=_loads(spec_json) or {},
             suite_text=suite_text, wall_time_s=wall, prune_time_s=prune, peak_rss_bytes=rss,
             peak_cuda_bytes=cuda, device=device, sparsity_global=sparsity, nm_compliant=nm,
-            environment=_loads(env_json), metrics=metrics[rid], layers=tuple(layers[rid]),
+            environment=_loads(env_json), metrics=metrics.get(rid, {}), layers=tuple(layers[rid]),
             series={k: tuple(v) for k, v in series[rid].items()}, publishable=pub,
-            eval_info=_loads(eval_json),
+            eval_info=_loads(eval_json), variant_key=variant, label=label,
+            resolved_params=_loads(params_json), suites=suites, suite_path=suite_path,
+            artifact=_loads(artifact_json), aliases=tuple(_loads(aliases_json) or ()),
+            model_info=_loads(info_json),
         ))
+    # Stores without a model_info column: read it from one record.json per model (the truth).
+    known = {r.model for r in runs if r.model_info}
+    infos: dict[str, dict[str, Any] | None] = {}
+    for r in runs:
+        if r.model not in known and r.model not in infos and r.ok:
+            infos[r.model] = _record_model_info(store, r.run_id)
+    runs = [replace(r, model_info=infos[r.model]) if infos.get(r.model) else r for r in runs]
     return sorted(runs, key=run_order)
+
+
+def _load_metrics(store: "Store", ids: list[str]) -> dict[str, dict[str, MetricValue]]:
+    """``run id -> metric -> value``. A metric that two evaluations of one run report (the
+    store keys metrics by (run, eval id, metric)) is taken from a publishable evaluation (one run
+    without a limit) when there is one, else from the first eval id: the same row every time."""
+    if not ids:
+        return {}
+    have = _columns(store, "metrics")
+    eval_col = "eval_id" if "eval_id" in have else "NULL AS eval_id"
+    trial = _trial_evals(store) if "eval_id" in have else set()
+    out: dict[str, dict[str, MetricValue]] = {}
+    ranked: dict[tuple[str, str], tuple] = {}
+    for rid, metric, eval_id, value, stderr, n, head in store.query(
+            f"SELECT run_id, metric, {eval_col}, value, stderr, n, headline FROM metrics "
+            "WHERE list_contains(?, run_id) ORDER BY run_id, metric, eval_id NULLS LAST", [ids]):
+        rank = ((rid, eval_id) in trial, eval_id or "")
+        if (rid, metric) in ranked and ranked[(rid, metric)] <= rank:
+            continue
+        ranked[(rid, metric)] = rank
+        out.setdefault(rid, {})[metric] = MetricValue(value, stderr, n, head, eval_id)
+    return out
+
+
+def _trial_evals(store: "Store") -> set[tuple[str, str]]:
+    """``(run id, eval id)`` of evaluations run with a limit (not publishable), where the store says."""
+    tables = {r[0] for r in store.query("SELECT table_name FROM information_schema.tables")}
+    if "evals" in tables and {"run_id", "eval_id", "publishable"} <= _columns(store, "evals"):
+        return {(r, e) for r, e in store.query("SELECT run_id, eval_id FROM evals WHERE NOT publishable")}
+    return set()
+
+
+def _record_model_info(store: "Store", run_id: str) -> dict[str, Any] | None:
+    """``model_info`` from the run's record.json (the truth), for stores without a column for it."""
+    try:
+        path = store.run_dir(run_id) / RECORD_FILE
+        if not path.is_file():
+            return None
+        info = json.loads(path.read_text(encoding="utf-8")).get("model_info")
+    except (OSError, ValueError):  # unreadable or not JSON: the count is simply unknown
+        return None
+    return info if isinstance(info, dict) else None
 
 
 def _loads(text: str | None) -> Any:

@@ -11,7 +11,7 @@ import io
 import math
 
 from leaderboard.metrics import as_percent
-from leaderboard.pages import LayerPlot, ParetoPlot, Plot, SeriesPlot
+from leaderboard.figures import LayerPlot, OverviewPlot, ParetoPlot, Plot, SeriesPlot
 
 # Fixed colours per method name, then a cycle for the rest, so "wanda" is always the same
 # colour on every page.
@@ -46,6 +46,8 @@ def draw(plot: Plot) -> str:
     with matplotlib.rc_context(_RC):
         if isinstance(plot, ParetoPlot):
             fig = _pareto(plot)
+        elif isinstance(plot, OverviewPlot):
+            fig = _overview(plot)
         elif isinstance(plot, LayerPlot):
             fig = _layers(plot)
         elif isinstance(plot, SeriesPlot):
@@ -75,6 +77,23 @@ def _figure(width: float, height: float, rows: int = 1):
     return fig, list(axes)
 
 
+def _sparsity_axis(ax, xs: list[float], targets: tuple[float, ...]) -> None:
+    """A sparsity axis in plain percent (never an offset such as ``+5e1``): with one or two
+    targets, or measured values within a point of each other, ticks at the targets and a window of
+    ±10 points around them, so 50.000 % and 50.004 % read as the one sparsity they are."""
+    from matplotlib.ticker import ScalarFormatter
+
+    fmt = ScalarFormatter(useOffset=False)
+    fmt.set_scientific(False)
+    ax.xaxis.set_major_formatter(fmt)
+    ticks = [100 * t for t in targets]
+    span = max(xs + ticks) - min(xs + ticks) if xs or ticks else 0.0
+    if ticks and (len(ticks) <= 2 or span < 5):
+        lo, hi = min(xs + ticks), max(xs + ticks)
+        ax.set_xlim(max(0.0, lo - 10), min(100.0, hi + 10))
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+
+
 def _pareto(plot: ParetoPlot):
     fig, (ax,) = _figure(6.0, 3.8)
     pct = plot.metric.fmt == "percent"
@@ -83,31 +102,69 @@ def _pareto(plot: ParetoPlot):
     ys: list[float] = []
     for method in methods:
         color = method_color(method, methods)
-        line = sorted((p for p in plot.points if p.method == method and not p.nm),
-                      key=lambda p: p.x)
+        line = sorted((p for p in plot.points if p.method == method and not p.nm), key=lambda p: p.x)
         nm = [p for p in plot.points if p.method == method and p.nm]
         if line:
-            ax.plot([100 * p.x for p in line], [scale(p.y) for p in line], marker="o",
-                    color=color, label=_text(method), linewidth=1.6, markersize=5)
+            ax.errorbar([100 * p.x for p in line], [scale(p.y) for p in line],
+                        yerr=[scale(p.std) if p.std else 0.0 for p in line], marker="o", color=color,
+                        label=_text(method), linewidth=1.6, markersize=5, capsize=3)
         if nm:  # N:M at its sparsity, a distinct marker, not joined to the unstructured line
             ax.scatter([100 * p.x for p in nm], [scale(p.y) for p in nm], marker="D", s=42,
                        facecolors="white", edgecolors=color, linewidths=1.6, zorder=3,
                        label=_text(f"{method} ({', '.join(sorted({p.target for p in nm}))})"))
         ys += [scale(p.y) for p in plot.points if p.method == method]
     if plot.dense is not None:
-        ax.axhline(scale(plot.dense), color="black", linestyle="--", linewidth=1,
-                   label="dense")
+        ax.axhline(scale(plot.dense), color="black", linestyle="--", linewidth=1, label="dense")
         ys.append(scale(plot.dense))
     finite = [y for y in ys if math.isfinite(y) and y > 0]
     # Perplexity blows up at high sparsity; a log axis keeps the good methods readable.
     if plot.metric.kind == "ppl" and finite and max(finite) / min(finite) > 5:
         _log_y(ax)
+    _sparsity_axis(ax, [100 * p.x for p in plot.points], plot.targets)
     ax.set_xlabel("measured sparsity (%)")
     ax.set_ylabel(_text(f"{plot.metric.label} {plot.metric.arrow}"))
     ax.set_title(_text(plot.title), fontsize=9, loc="left")
     ax.grid(True, alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8, frameon=False)
+    return fig
+
+
+def _overview(plot: OverviewPlot):
+    """Small multiples: recovery % versus sparsity, one panel per model, a line per variant."""
+    from matplotlib.figure import Figure
+
+    n = len(plot.panels)
+    cols = min(n, 4)
+    rows = (n + cols - 1) // cols
+    fig = Figure(figsize=(3.2 * cols + 0.6, 2.6 * rows + 0.4), layout="constrained")
+    axes = fig.subplots(rows, cols, sharey=True, squeeze=False).ravel()
+    methods = sorted({p.method for panel in plot.panels for p in panel.points})
+    for ax, panel in zip(axes, plot.panels):
+        for method in methods:
+            color = method_color(method, methods)
+            line = sorted((p for p in panel.points if p.method == method and not p.nm), key=lambda p: p.x)
+            nm = [p for p in panel.points if p.method == method and p.nm]
+            if line:
+                ax.plot([100 * p.x for p in line], [p.y for p in line], marker="o", color=color,
+                        label=_text(method), linewidth=1.4, markersize=4)
+            if nm:
+                ax.scatter([100 * p.x for p in nm], [p.y for p in nm], marker="D", s=30, facecolors="white",
+                           edgecolors=color, linewidths=1.4, zorder=3)
+        ax.axhline(100, color="black", linestyle="--", linewidth=0.8)
+        _sparsity_axis(ax, [100 * p.x for p in panel.points], plot.targets)
+        ax.set_title(_text(panel.model), fontsize=8, loc="left")
+        ax.set_xlabel("sparsity (%)", fontsize=8)
+        ax.grid(True, alpha=0.3)
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    axes[0].set_ylabel(_text(plot.metric_label), fontsize=8)
+    handles, labels = axes[0].get_legend_handles_labels()
+    seen = dict(zip(labels, handles))
+    for ax in axes[1:n]:
+        seen.update(zip(*reversed(ax.get_legend_handles_labels())))
+    if seen:
+        fig.legend(list(seen.values()), list(seen.keys()), fontsize=7, frameon=False, loc="outside right upper")
     return fig
 
 

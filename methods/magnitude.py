@@ -2,6 +2,12 @@
 
 Reference: SparseGPT ``opt.py --gmp`` and Wanda ``prune_magnitude``; global scope as in the
 WoodFisher repository's "global magnitude".
+
+Tie rule (the references'): unstructured prunes every |w| <= t, where t is the value at index
+int(p * numel) of the sorted |W| (``sorted(|W|)[k]``), so one weight more than int(p * numel),
+and every weight tied with t on top; t is found by a partition (``torch.kthvalue``), the same
+float a sort gives, so the mask is the reference's. N:M prunes the N smallest |w| of each group
+of M inputs (``torch.topk``, as the references call it).
 """
 from __future__ import annotations
 
@@ -11,7 +17,7 @@ from typing import Literal
 from harness.core.lazy import torch
 
 from harness.core.method import LayerMethod, LayerStats, PruneResult, register_method
-from harness.core.sparsity import nm_mask, threshold_mask
+from harness.core.sparsity import kth_smallest, nm_mask, threshold_mask
 from harness.core.target import Target
 
 
@@ -33,7 +39,7 @@ def global_threshold(weights: list[torch.Tensor], sparsity: float) -> float:
     """The |w| value below which a fraction ``sparsity`` of all weights fall (reference rule)."""
     flat = torch.cat([w.detach().abs().float().flatten().cpu() for w in weights])
     k = int(flat.numel() * sparsity)
-    return float(torch.sort(flat).values[min(k, flat.numel() - 1)]) if k > 0 else -1.0
+    return float(kth_smallest(flat, min(k, flat.numel() - 1))) if k > 0 else -1.0
 
 
 @register_method("magnitude")

@@ -45,3 +45,30 @@ def test_cli_rejects_bad_options_with_one_line(argv, message, capsys):
         main(argv)
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_stage_breakdown_accounts_for_the_whole_prune():
+    """Every stage of one small whole-model prune is timed and the parts add up to the total."""
+    from benchmarks import stages
+
+    row = stages.run("zoo:tiny-llama", "sparsegpt", "0.5", 8, 32, 4, eval_windows=2, eval_repeat=1)
+    assert row["layers"] == 28
+    parts = ("capture", "statistics", "solves", "error", "layer_rest", "propagation", "loop_rest")
+    assert all(row[p] >= 0 for p in parts if p != "loop_rest")
+    assert sum(row[p] for p in parts) == pytest.approx(row["prune_total"])
+    assert 0 < row["stats_hooks"] < row["statistics"]
+    assert row["eval"] > 0 and row["bare_forward"] > 0 and row["ppl"] > 1
+    assert "| solves |" in stages.render([row])
+
+
+def test_peer_table_runs_without_peers_and_says_so():
+    """Outside the peers' venv every peer is skipped with one line; this project and the
+    reference still give a row with the same masks."""
+    from benchmarks.peers.__main__ import layer_table, markdown
+
+    lines = []
+    rows = layer_table([(16, 32)], 256, 1, log=lines.append)
+    assert len(rows) == 4 and all(r["sparsebench_same_mask"] for r in rows)
+    skipped = [ln for ln in lines if "skipped" in ln]
+    assert skipped and all("\n" not in ln for ln in skipped)
+    assert "| sparsegpt 0.5: sparsebench |" in markdown(rows)

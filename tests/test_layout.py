@@ -207,7 +207,7 @@ def outside_paths(files: list[Path]) -> list[str]:
 
 def test_sources_cite_nothing_outside_the_repository():
     files = sorted(p for d in (*PACKAGES, "benchmarks") for p in (ROOT / d).rglob("*")
-                   if p.is_file() and p.suffix in SOURCE_SUFFIXES and "__pycache__" not in p.parts)
+                   if p.is_file() and p.suffix in SOURCE_SUFFIXES and not {"__pycache__", ".venv"} & set(p.parts))
     found = outside_paths(files)
     assert not found, "paths outside the repository (cite the paper or a README section):\n  " + \
         "\n  ".join(found)

@@ -160,7 +160,8 @@ def test_run_suite_stores_lm_eval_rows(tmp_path, monkeypatch):
     assert record["eval_info"]["lm_eval"]["limit"] == 4
     assert [m["name"] for m in record["metrics"] if m.get("headline")] == ["tiny_corrupt/acc_norm",
                                                                           "tiny_wiki/bits_per_byte"]
-    assert json.loads(record["spec_json"])["lm_eval"]["tasks"] == ["tiny_corrupt", "tiny_wiki"]
+    (lm,) = [e for e in record["evals"].values() if e["kind"] == "lm_eval"]
+    assert lm["spec"]["tasks"] == ["tiny_corrupt", "tiny_wiki"] and lm["publishable"] is False
 
 
 # -------------------------------------------------------------------------- no model
@@ -406,13 +407,15 @@ def test_spec_identity_and_publishable(tmp_path):
     base = dict(suite="s", model=ModelSpec("zoo:tiny-llama"), method="dense", params={}, target="0",
                 calibration=CalibrationSpec())
     plain = RunSpec(**base)
-    assert "lm_eval" not in plain.to_dict() and plain.publishable  # old run ids unchanged
+    assert "lm_eval" not in plain.to_dict() and plain.publishable and plain.evals() == []
     spec = RunSpec(**base, lm_eval=LmEvalSpec(tasks=("tiny_suite",)))
-    assert spec.run_id != plain.run_id and spec.publishable
-    assert RunSpec(**base, lm_eval=LmEvalSpec(tasks=("tiny_suite",), batch_size=2)).run_id == spec.run_id
+    assert spec.run_id == plain.run_id and spec.publishable  # evaluations are not the pruned model's identity
+    (lm,) = spec.evals()
+    assert RunSpec(**base, lm_eval=LmEvalSpec(tasks=("tiny_suite",), batch_size=2)).evals()[0].eval_id == lm.eval_id
     trial = RunSpec(**base, lm_eval=LmEvalSpec(tasks=("tiny_suite",), limit=5))
-    assert trial.run_id != spec.run_id and not trial.publishable
-    assert RunSpec.from_dict(json.loads(trial.canonical_json())).run_id == trial.run_id
+    assert trial.evals()[0].eval_id != lm.eval_id and not trial.publishable
+    again = RunSpec.from_dict(json.loads(trial.canonical_json()), evals=trial.evals_dict())
+    assert again.run_id == trial.run_id and again.evals()[0].eval_id == trial.evals()[0].eval_id
 
     suite = load_suite(write(tmp_path, "tasks: [tiny_suite]\nlimit: 0.5\n"))
     assert {c.lm_eval for c in expand(suite)} == {LmEvalSpec(tasks=("tiny_suite",), limit=0.5)}

@@ -168,7 +168,7 @@ def test_suite_checks_photos_and_weights_keys(tmp_path):
     assert cell.model.weights == WHEEL_WEIGHTS  # found where the suite runs, not resolved as a path
     ident = cell.to_dict()
     assert ident["model"]["weights_keys"] == "position"
-    assert ident["image_evals"] == [{"dataset": "photos", "limit": None, "agreement": True}]
+    assert [e.identity for e in cell.evals()] == [{"dataset": "photos", "limit": None, "agreement": True}]
     assert "weights_keys" not in ModelSpec("timm:test_resnet", weights="w.pth").identity()  # old run ids stay
     # crops of two photos would drag a pretrained model's BatchNorm statistics onto them: off unless asked for
     assert cell.calibration.bn_recalibration is False

@@ -6,6 +6,7 @@ Every test runs real cells of the zoo Llama inline (small calibration, few perpl
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,6 +147,12 @@ def test_suite_b_reuses_suite_a_and_runs_only_what_is_missing(tmp_path, plugins)
     variants = {v for (v,) in store.query("SELECT DISTINCT variant FROM results")}
     assert variants == {"dense", "magnitude", "wanda", "sparsegpt", "stochastic"}
     assert store.query("SELECT count(*) FROM results WHERE metric = 'pydoc/ppl@64x8'") == [(5,)]
+    from leaderboard.compare import compare
+    from leaderboard.data import load_runs
+
+    result = compare(load_runs(store), "stochastic")  # finds suite A's baselines on this store
+    assert {d.baseline for d in result.deltas} == {"magnitude", "wanda", "sparsegpt"}
+    assert {d.metric for d in result.deltas} == {"pydoc/ppl@128x8", "pydoc/ppl@64x8"}
 
 
 def test_a_rerun_of_the_same_suite_runs_nothing_and_force_prunes_again(tmp_path):
@@ -159,13 +166,44 @@ def test_a_rerun_of_the_same_suite_runs_nothing_and_force_prunes_again(tmp_path)
     assert forced.status == "ok" and record["artifact"].get("reproduced") is True  # the same weights again
 
 
+@pytest.fixture(scope="module")
+def hostile_store(tmp_path_factory, plugins):
+    """One store: magnitude and every hostile plugin on the zoo Llama at 50 %."""
+    tmp = tmp_path_factory.mktemp("hostile")
+    store = Store(tmp / "db" / "s.duckdb")
+    res = run_suite(suite(tmp, "hostile", f"[magnitude, {', '.join(sorted(HOSTILE))}]"), store=store, device="cpu")
+    return store, {r.spec.method: r for r in res}
+
+
 @pytest.mark.parametrize("name", sorted(HOSTILE))
-def test_hostile_plugin_fails_with_one_line(tmp_path, plugins, name):
-    store = Store(tmp_path / "db" / "s.duckdb")
-    (res,) = run_suite(suite(tmp_path, f"hostile_{name}", f"[{name}]"), store=store, device="cpu")
+def test_hostile_plugin_fails_with_one_line(hostile_store, name):
+    store, results = hostile_store
+    res = results[name]
     assert res.status == "failed", res.error
     assert HOSTILE[name][1] in res.error and "\n" not in res.error
-    assert store.query("SELECT status, pruned FROM runs") == [("failed", False)]
+    assert store.query("SELECT status, pruned FROM runs WHERE method = ?", [name]) == [("failed", False)]
+
+
+def test_hostile_plugins_are_never_best_and_fail_the_compare_gate(hostile_store, tmp_path):
+    import subprocess
+    import sys
+
+    store, results = hostile_store
+    assert results["magnitude"].status == "ok"
+    from leaderboard.compare import compare
+    from leaderboard.data import load_runs
+
+    for name in HOSTILE:
+        result = compare(load_runs(store), name, ["magnitude"])
+        assert result.worse and all(d.label == "failed (baseline ok)" for d in result.worse), name
+    out = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "harness.cli", "leaderboard", "build", "--db", str(store.db_path),
+                    "--out", str(out)], check=True, capture_output=True)
+    html = (out / "index.html").read_text(encoding="utf-8")
+    for name in HOSTILE:  # a failed row carries no best or lead mark
+        rows = [r for r in html.split("<tr") if f'data-method="{name}"' in r]
+        assert rows and all('class="failed"' in r.split(">")[0] for r in rows), name  # shown as failed...
+        assert not any(re.search(r'class="[^"]*\b(best|lead)\b', r) for r in rows), name  # ...and never marked
 
 
 def test_leftovers_name_hooks_and_a_patched_forward():

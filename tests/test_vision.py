@@ -374,10 +374,12 @@ def test_imagenet_folder_missing_here_is_a_warning(tmp_path, monkeypatch, caplog
     ident = cell.to_dict()
     assert ident["calibration"] == {"dataset": "imagenet", "n_samples": 16, "seed": 0, "augment_rounds": 2,
                                     "bn_recalibration": False}
-    assert ident["image_evals"] == [{"dataset": "imagenet", "limit": 100}]
+    assert "image_evals" not in ident  # an evaluation is not part of the pruned model's identity
+    assert [e.identity for e in cell.evals()] == [{"dataset": "imagenet", "limit": 100}]
     from harness.core.spec import RunSpec
 
-    assert RunSpec.from_dict(ident).run_id == cell.run_id  # round trip (roots are not identity)
+    again = RunSpec.from_dict(ident, evals=cell.evals_dict())
+    assert again.run_id == cell.run_id and [e.eval_id for e in again.evals()] == [e.eval_id for e in cell.evals()]
 
 
 def test_language_model_run_ids_gain_no_keys():
@@ -477,7 +479,7 @@ def test_zoo_vision_suite_end_to_end(tmp_path, monkeypatch):
         evals: {imagenet: {limit: 10}}
     """, "bad.yaml")
     (res,) = run_suite(load_suite(bad), store=store, device="cpu")
-    assert res.status == "failed" and res.error.startswith("DatasetUnavailable: imagenet val images: no folder")
+    assert res.status == "error" and res.error.startswith("DatasetUnavailable: imagenet val images: no folder")
     assert "\n" not in res.error
 
 

@@ -39,17 +39,9 @@ def _allow_remote_code(args, suite, console) -> None:
 
 
 def _hub_needed(suite) -> bool:
-    if any(m.id.startswith("hf:") or (m.id.startswith("timm:") and m.weights is None) for m in suite.models):
-        return True
-    if suite.lm_eval is not None:
-        from harness.evaluate.lm_eval_adapter import needs_hub
+    from harness.cli.run_plan import hub_needs
 
-        if needs_hub(suite.lm_eval):
-            return True
-    from harness.data.text import LOCAL_DATASETS
-
-    datasets = {suite.calibration.dataset} | {p.dataset for p in suite.perplexity}
-    return bool(datasets - set(LOCAL_DATASETS))
+    return any(hub_needs(suite).values())
 
 
 def _hub_reachable(timeout: float = 2.0) -> bool:
@@ -105,18 +97,62 @@ def cmd_validate(args) -> int:
     return status
 
 
+def _with_save(suite, folder: str | None, fmt: str | None):
+    """The suite with ``--save DIR`` / ``--save-format`` applied to its ``save:`` (a relative DIR is
+    relative to the working directory); (suite, None) or (suite, the one-line problem)."""
+    import dataclasses
+    import os
+
+    from harness.core.ids import model_kind, parse_model_id
+
+    base = suite.save or {}
+    if folder is None and not base:
+        return suite, "--save-format needs --save DIR (or a suite with save:)"
+    save = {"dir": os.path.abspath(os.path.expanduser(folder)) if folder is not None else base["dir"],
+            "format": fmt or (base.get("format", "dense") if folder is None else "dense")}
+    if save["format"] == "compressed" and any(model_kind(parse_model_id(m.id)) == "vision" for m in suite.models):
+        return suite, ("--save-format compressed is for language models (compressed-tensors); "
+                       "image classifiers save with --save-format dense")
+    return dataclasses.replace(suite, save=save), None
+
+
+def _dry_run(args, suite, cells, console) -> int:
+    """``--dry-run``: the grid, each cell marked with its status in the store (reads only)."""
+    from harness.cli.report import grid_table
+    from harness.cli.run_plan import dry_run_line
+    from harness.store.faults import StoreError
+    from harness.store.index import Store
+
+    try:
+        stored = Store(args.db, wait_s=10).statuses(c.run_id for c in cells)
+    except StoreError as err:  # the grid is still worth showing
+        console.print(f"the store cannot be read, so no cell is marked stored: {err}", style="yellow")
+        stored = {}
+    console.print(grid_table(suite, cells, stored))
+    console.print(dry_run_line(cells, stored, args.force, args.retry_failed))
+    return EXIT_OK
+
+
 def cmd_run(args) -> int:
-    from harness.cli.report import CliReporter, grid_table, summary_table
+    from harness.cli.report import CliReporter, summary_table
+    from harness.cli.run_plan import failure_lines, offline_line, only_problem
     from harness.run.runner import select
     from harness.suite import expand
 
     console = make_console()
     suite = _load_suite_or_exit(args.suite, args.trust_remote_code)
     _allow_remote_code(args, suite, console)
+    if args.save is not None or args.save_format is not None:
+        suite, problem = _with_save(suite, args.save, args.save_format)
+        if problem:
+            eprint(problem)
+            return EXIT_BAD_INPUT
+    cells = expand(suite)
+    if problem := only_problem(cells, args.only, suite.name):
+        eprint(problem)
+        return EXIT_BAD_INPUT
     if args.dry_run:
-        cells = select(expand(suite), args.only)
-        console.print(grid_table(suite, cells))
-        return EXIT_OK
+        return _dry_run(args, suite, select(cells, args.only), console)
     _set_offline(args, suite, console)
     _set_tf32(args)
     from rich.text import Text
@@ -155,10 +191,10 @@ def cmd_run(args) -> int:
         return store_problem(err)
     console.print(summary_table(suite.name, results))
     failed = [r for r in results if r.status in ("failed", "error")]  # error: the machine's fault, rerun
-    for r in failed:
-        earlier = " (stored earlier)" if r.stored else ""
-        console.print(Text.assemble((r.status, "red"), visible(
-            f"{earlier} {r.spec.short_id} {r.spec.model.id} {r.spec.method} {r.spec.target}: {r.error or ''}")))
+    for status, line in failure_lines(results):  # one line per distinct error (per model, when it cannot load)
+        console.print(Text.assemble((status, "red"), visible(line)), soft_wrap=True)  # one line, however long
+    if hub := offline_line(suite, results):
+        console.print(hub, style="yellow", soft_wrap=True)
     console.print(f"Results: {args.db} (query the 'results' view).")
     if any(r.stored for r in failed):
         console.print("Cells stored as failed are not rerun; add --retry-failed to rerun them.")

@@ -11,18 +11,25 @@ from harness.cli.common import EXIT_BAD_INPUT, EXIT_FAILED_CELLS, EXIT_OK, eprin
 
 
 def cmd_results(args) -> int:
-    from harness.cli.report import results_table
+    from harness.cli.tables import results_table, stored_suites, view_columns
+    from harness.core.registry import unknown_message
     from harness.store.faults import StoreError
     from harness.store.index import Store
 
     if args.db and not Path(args.db).exists():
         eprint(f"no results database at {args.db}")
         return EXIT_BAD_INPUT
+    console = make_console()
     try:
-        table = results_table(Store(args.db), args.suite)
+        store = Store(args.db)
+        columns = view_columns(store)
+        if args.suite and args.suite not in (suites := stored_suites(store, columns)):
+            eprint(f"{unknown_message('suite', args.suite, suites)} (the suites of the runs in {args.db})")
+            return EXIT_BAD_INPUT
+        table = results_table(store, args.suite, columns, width=console.width)
     except StoreError as err:  # damaged, a directory, busy, another schema: one line with the fix
         return store_problem(err)
-    make_console().print(table)
+    console.print(table)
     return EXIT_OK
 
 
@@ -31,12 +38,13 @@ def cmd_leaderboard(args) -> int:
         return no_db(args.db)
     from harness.store.faults import StoreError, one_line
     from leaderboard.render import SiteError, build_site
+    from leaderboard.reported import ReportedError
 
     console = make_console()
     try:
         with console.status("building the leaderboard…"):
             summary = build_site(args.db, args.out, plots=not args.no_plots)
-    except (SiteError, StoreError) as err:
+    except (SiteError, StoreError, ReportedError) as err:
         return store_problem(err)
     except OSError as err:  # the site's folder: full, read-only
         return store_problem(one_line(f"cannot write the site to {args.out}: {err}", 1000))
@@ -52,16 +60,22 @@ def cmd_leaderboard(args) -> int:
 def cmd_compare(args) -> int:
     if args.db and not Path(args.db).exists():
         return no_db(args.db)
+    if not args.method and not args.reported:
+        eprint("compare needs --method NAME (the method under test), or --reported for the published numbers")
+        return EXIT_BAD_INPUT
     from harness.store.faults import StoreError
     from harness.store.index import Store
     from leaderboard.compare import CompareError, compare, compare_table
     from leaderboard.data import load_runs
 
+    console = make_console()
     try:
-        result = compare(load_runs(Store(args.db)), args.method, args.baseline or (), args.suite)
+        runs = load_runs(Store(args.db))
+        if args.reported:
+            return _print_reported(console, runs, args)
+        result = compare(runs, args.method, args.baseline or (), args.suite)
     except (CompareError, StoreError) as err:
         return store_problem(err)
-    console = make_console()
     console.print(compare_table(result))
     worse = result.worse
     if worse:
@@ -71,6 +85,26 @@ def cmd_compare(args) -> int:
         console.print(f"{args.method} is not worse on any of {len(result.deltas)} compared cells.",
                       markup=False, style="green")
     return EXIT_FAILED_CELLS if args.fail_if_worse and worse else EXIT_OK
+
+
+def _print_reported(console, runs, args) -> int:
+    """``compare --reported``: published numbers beside this store's reproductions (same protocol)."""
+    from leaderboard.compare import reported_gaps, reported_table
+    from leaderboard.reported import ReportedError, load_reported
+
+    try:
+        found = reported_gaps(runs, load_reported(), args.method)
+    except ReportedError as err:
+        return store_problem(err)
+    table, shown = reported_table(found, all_rows=args.all_reported)
+    if shown:
+        console.print(table)
+    same = sum(g.stat is not None for g in found)
+    other = sum(g.stat is None and bool(g.others) for g in found)
+    console.print(f"{len(found)} published numbers: {same} reproduced here under the same protocol, {other} only "
+                  f"under another protocol, {len(found) - same - other} not run here"
+                  + ("" if args.all_reported else " (--all lists them)") + ".", markup=False)
+    return EXIT_OK
 
 
 def cmd_export(args) -> int:

@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from harness.cli.console import text
+from harness.cli.tables import number, results_table  # noqa: F401  (results_table: re-exported, harness results)
 from harness.core.visible import visible
 from harness.core.metrics import recovery
 from harness.core.spec import RunSpec
@@ -38,6 +39,9 @@ class CliReporter(Reporter):
         self.tasks: dict[str, Any] = {}
         self.prefix = ""
         self.started: dict[str, tuple[str, float]] = {}  # run_id -> (line prefix, start time)
+        # (status, error) -> the first cell that printed it: a model that cannot be loaded fails
+        # every cell of it with one message, printed once (then "same error as [1/20]")
+        self.errors_shown: dict[tuple[str, str], str] = {}
 
     def __enter__(self) -> "CliReporter":
         self.bars.__enter__()
@@ -72,10 +76,15 @@ class CliReporter(Reporter):
     def cell_end(self, result: CellResult) -> None:
         style = "green" if result.status == "ok" else "red"
         metrics = "  ".join(f"{k}={v:.3f}" for k, v in result.metrics.items())
-        extra = f" {visible(result.error)}" if result.error else ""
         prefix, t0 = self.started.pop(result.spec.run_id, (visible(cell_label(result.spec)), time.perf_counter()))
+        extra = ""
+        if result.error:
+            first = self.errors_shown.setdefault((result.status, result.error), prefix.partition(" ")[0])
+            shown = first != prefix.partition(" ")[0]
+            extra = f" (same error as {first})" if shown else f" {visible(result.error)}"
         self.console.print(Text.assemble(
-            f"{prefix} ", (visible(result.status), style), f" {time.perf_counter() - t0:.1f}s {metrics}{extra}"))
+            f"{prefix} ", (visible(result.status), style), f" {time.perf_counter() - t0:.1f}s {metrics}{extra}"),
+            soft_wrap=True)  # one line per cell, the terminal wraps it
 
 
 @contextlib.contextmanager
@@ -90,8 +99,13 @@ def step_progress(console: Console, description: str) -> Iterator[Callable[[int,
         yield cb
 
 
-def grid_table(suite: Any, cells: list[RunSpec]) -> Table:
-    """The expanded grid for ``--dry-run``; settings shared by every cell go in the caption."""
+def grid_table(suite: Any, cells: list[RunSpec], stored: dict[str, str] | None = None) -> Table:
+    """The expanded grid for ``--dry-run``; settings shared by every cell go in the caption.
+
+    Args:
+        stored: ``run_id -> status`` of the cells already in the store; given, a ``stored``
+            column shows each cell's status there (``-``: not stored).
+    """
     cal = suite.calibration
     evals = [f"{p.dataset} ppl@{p.seqlen}" for p in suite.perplexity]
     if suite.lm_eval is not None:
@@ -108,6 +122,8 @@ def grid_table(suite: Any, cells: list[RunSpec]) -> Table:
         header_style="bold",
     )
     t.add_column("run id", no_wrap=True)
+    if stored is not None:
+        t.add_column("stored", no_wrap=True)
     t.add_column("model", no_wrap=True)
     t.add_column("method", no_wrap=True)
     t.add_column("target", no_wrap=True)
@@ -115,7 +131,9 @@ def grid_table(suite: Any, cells: list[RunSpec]) -> Table:
     t.add_column("params")
     for c in cells:
         params = ", ".join(f"{k}={v}" for k, v in c.params.items()) or "-"
-        t.add_row(*(text(v) for v in (c.short_id[:8], c.model.label, method_label(c), c.target, c.seed, params)))
+        status = [stored.get(c.run_id, "-")] if stored is not None else []
+        t.add_row(*(text(v) for v in (c.short_id[:8], *status, c.model.label, method_label(c), c.target, c.seed,
+                                       params)))
     return t
 
 
@@ -148,20 +166,12 @@ def summary_table(title: str, results: list[CellResult]) -> Table:
         row += [r.status, f"{r.sparsity:.3f}" if r.sparsity is not None else "-"]
         ref = dense.get((r.spec.model.id, r.spec.seed), {})
         for i, m in enumerate(metrics):
-            row.append(_number(r.metrics.get(m)))
+            row.append(number(r.metrics.get(m)))
             if i == 0 and with_recovery:
                 rec = recovery(r.metrics.get(m), ref.get(m), m) if r.spec.method != "dense" else None
                 row.append(f"{rec:.1f}%" if rec is not None else "-")
         t.add_row(*(text(v) for v in row))
     return t
-
-
-def _number(v: float | None) -> str:
-    if v is None:
-        return "-"
-    if v != 0 and abs(v) < 1e-3:
-        return f"{v:.2e}"  # distances near machine precision
-    return f"{v:.3f}" if abs(v) < 10 else f"{v:.2f}"
 
 
 def _varying_params(results: list[CellResult]) -> dict[str, list[str]]:
@@ -172,26 +182,6 @@ def _varying_params(results: list[CellResult]) -> dict[str, list[str]]:
             seen.setdefault(r.spec.method, {}).setdefault(k, set()).add(repr(v))
     out = {m: [k for k, vals in ps.items() if len(vals) > 1] for m, ps in seen.items()}
     return {m: ks for m, ks in out.items() if ks}
-
-
-def results_table(store: Any, suite: str | None) -> Table:
-    """The stored `results` view, pivoted: one row per run, one column per metric."""
-    where, params = ("WHERE suite = ?", [suite]) if suite else ("", [])
-    rows = store.query(
-        f"SELECT suite, model, method, target, status, metric, value FROM results {where} "
-        "ORDER BY suite, model, method, target, metric", params,
-    )
-    metrics = sorted({r[5] for r in rows if r[5] is not None})
-    runs: dict[tuple, dict] = {}
-    for s, model, method, target, status, metric, value in rows:
-        runs.setdefault((s, model, method, target, status), {})[metric] = value
-    t = Table(header_style="bold")
-    for col in ("suite", "model", "method", "target", "status", *metrics):
-        t.add_column(text(col))
-    for key, vals in runs.items():
-        t.add_row(*(text(v if v is not None else "-") for v in key),
-                  *(f"{vals[m]:.3f}" if vals.get(m) is not None else "-" for m in metrics))
-    return t
 
 
 def method_label(spec: Any) -> str:

@@ -11,15 +11,34 @@ from harness.core.target import Target
 def prune_smallest(scores: torch.Tensor, count: int) -> torch.Tensor:
     """Boolean mask of the ``count`` smallest entries in each row of ``scores`` (rows, cols).
 
-    Uses a stable sort so ties break by column index, as the Wanda reference does.
+    Ties break by column index, lowest first: the mask a stable sort gives (the Wanda
+    reference's ``torch.sort(..., stable=True)[:, :count]``). It is found without a sort: the
+    row's count-th smallest value t (``kthvalue``, a partition), every entry below t, then the
+    entries equal to t from the left until the row has ``count``; NaN ranks above every number,
+    as in the sort.
     """
     rows, cols = scores.shape
-    mask = torch.zeros_like(scores, dtype=torch.bool)
     if count <= 0:
-        return mask
-    idx = torch.sort(scores, dim=1, stable=True).indices[:, :count]  # (rows, count)
-    mask.scatter_(1, idx, True)
+        return torch.zeros_like(scores, dtype=torch.bool)
+    if count >= cols:
+        return torch.ones_like(scores, dtype=torch.bool)
+    thresh = torch.kthvalue(scores, count, dim=1, keepdim=True).values  # (rows, 1)
+    if bool(torch.isnan(thresh).any()):  # a row with fewer than count numbers: the sort decides
+        return _prune_smallest_sorted(scores, count)
+    mask = scores <= thresh
+    ties = (mask.sum(1) > count).nonzero().flatten()  # rows where entries equal to t overshoot
+    if ties.numel():
+        sub, t = scores[ties], thresh[ties]
+        equal = sub == t
+        need = count - (sub < t).sum(1, keepdim=True)  # how many of the ties this row still takes
+        mask[ties] = (sub < t) | (equal & (equal.cumsum(1) <= need))
     return mask
+
+
+def _prune_smallest_sorted(scores: torch.Tensor, count: int) -> torch.Tensor:
+    mask = torch.zeros_like(scores, dtype=torch.bool)
+    idx = torch.sort(scores, dim=1, stable=True).indices[:, :count]  # (rows, count)
+    return mask.scatter_(1, idx, True)
 
 
 def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
@@ -40,14 +59,19 @@ def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
 def threshold_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
     """Prune ``scores <= sorted(scores)[int(p * numel)]`` (the reference codes' rule).
 
-    The ``<=`` prunes one extra element (more with ties): the sparsity check allows for it.
+    The ``<=`` prunes one extra element (more with ties): the sparsity check allows for it. The
+    threshold is found by a partition, not a sort (:func:`kth_smallest`): the same value.
     """
     flat = scores.flatten()
     k = int(flat.numel() * sparsity)
     if k <= 0:
         return torch.zeros_like(scores, dtype=torch.bool)
-    thresh = torch.sort(flat).values[min(k, flat.numel() - 1)]
-    return scores <= thresh
+    return scores <= kth_smallest(flat, min(k, flat.numel() - 1))
+
+
+def kth_smallest(flat: torch.Tensor, index: int) -> torch.Tensor:
+    """``torch.sort(flat).values[index]`` by a partition (``kthvalue``): the same float, NaN last."""
+    return torch.kthvalue(flat, index + 1).values
 
 
 @dataclass(frozen=True)

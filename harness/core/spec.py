@@ -40,6 +40,7 @@ class ModelSpec:
     weights: str | None = None  # timm: a local checkpoint file instead of the hub's (in the run id when set)
     weights_keys: str = "name"  # "position": map the file's tensors onto the model's in order (in the run id then)
     problem: tuple[tuple[str, Any], ...] = ()  # synthetic: the resolved problem settings, sorted (key, value)
+    stream: bool | None = None  # causal LMs: read block by block from disk; None = when large (not in the run id)
 
     def __post_init__(self) -> None:
         if isinstance(self.problem, dict):  # from a stored spec's JSON
@@ -52,6 +53,7 @@ class ModelSpec:
         if d["weights_keys"] == "name":
             del d["weights_keys"]
         d.pop("problem")
+        d.pop("stream")  # how the weights are read changes none of them
         if self.problem:
             d["problem"] = dict(self.problem)
         return d

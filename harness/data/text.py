@@ -179,25 +179,65 @@ def perplexity(model: Any, ids: Any, seqlen: int, *, device: Any = "cpu", batch_
     seqlen, as SparseGPT's ``opt_eval`` does.
     """
     import torch
-    import torch.nn.functional as F
 
+    windows = eval_windows(ids, seqlen, max_windows)
+    n = windows.shape[0]
+    nll = 0.0
+    with torch.no_grad():
+        for start in range(0, n, batch_size):
+            batch = windows[start : start + batch_size].to(device)
+            logits = model(input_ids=batch, use_cache=False).logits  # (b, seqlen, vocab)
+            nll += window_nll(logits, batch)
+            del logits
+            if progress is not None:
+                progress(min(start + batch_size, n), n)
+    return perplexity_of(nll, n, seqlen)
+
+
+def eval_windows(ids: Any, seqlen: int, max_windows: int | None = None) -> Any:
+    """The non-overlapping ``seqlen`` windows of a test stream (1, tokens), tail dropped: (n, seqlen)."""
     n = ids.shape[1] // seqlen
     if max_windows is not None:
         n = min(n, max_windows)
     if n == 0:
         raise ValueError(f"test stream of {ids.shape[1]} tokens is shorter than seqlen {seqlen}")
-    windows = ids[0, : n * seqlen].reshape(n, seqlen)
-    nll = 0.0
-    with torch.no_grad():
-        for start in range(0, n, batch_size):
-            batch = windows[start : start + batch_size].to(device)
-            logits = model(input_ids=batch, use_cache=False).logits.float()  # (b, seqlen, vocab)
-            loss = F.cross_entropy(
-                logits[:, :-1].reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="none"
-            ).reshape(batch.shape[0], -1)
-            nll += float(loss.mean(dim=1).sum()) * seqlen
-            if progress is not None:
-                progress(min(start + batch_size, n), n)
+    return ids[0, : n * seqlen].reshape(n, seqlen)
+
+
+def window_nll(logits: Any, batch: Any) -> float:
+    """Summed NLL of a batch of windows: each window's mean over its seqlen-1 targets, times seqlen."""
+    seqlen = batch.shape[1]
+    loss = _token_nll(logits, batch)[:, :-1]  # (b, seqlen - 1): the shifted targets
+    return float(loss.mean(dim=1).sum()) * seqlen
+
+
+def perplexity_of(nll: float, n: int, seqlen: int) -> Perplexity:
     import math
 
     return Perplexity(math.exp(nll / (n * seqlen)), n, n * seqlen)
+
+
+CE_CHUNK_BYTES = 4 << 20  # rows of logits per cross-entropy call: about 4 MB, held in cache
+
+
+def _token_nll(logits: Any, batch: Any) -> Any:
+    """-log p(next token) at every position, (b, seqlen); the last position's is 0 (no target).
+
+    The same per-row float32 cross-entropy as one call over ``logits[:, :-1]``, taken a few rows
+    at a time: no copy of the shifted logits and no log-softmax the size of all the logits
+    (hundreds of MB for a 50k vocabulary), whose fresh pages cost as much as the arithmetic.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    b, seqlen, vocab = logits.shape
+    flat = logits.reshape(b * seqlen, vocab)  # a view: model logits are contiguous
+    targets = torch.full_like(batch, -100)  # ignore_index for the last position
+    targets[:, :-1] = batch[:, 1:]
+    targets = targets.reshape(-1)
+    out = torch.empty(b * seqlen, dtype=torch.float32, device=logits.device)
+    rows = max(1, CE_CHUNK_BYTES // (4 * vocab))
+    for r0 in range(0, b * seqlen, rows):
+        out[r0 : r0 + rows] = F.cross_entropy(flat[r0 : r0 + rows].float(), targets[r0 : r0 + rows],
+                                              reduction="none")
+    return out.reshape(b, seqlen)

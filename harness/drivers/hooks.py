@@ -138,12 +138,16 @@ class StatsCollector:
                 self.count.append(0)
                 self.group_of[name] = gid
             self._seen.append((x, to_rows, gid))
-            if not torch.isfinite(flat).all():
-                raise NumericalError(f"non-finite calibration activations entering {name}")
             if self.mode == "diag":
                 self.acc[gid] += (flat * flat).sum(0)
             else:
                 self.acc[gid].addmm_(flat.T, flat)
+            # A NaN or inf in the inputs makes its feature's sum of squares NaN or inf, so the
+            # accumulator's diagonal (d values) stands for a pass over the inputs (rows x d); a
+            # finite overflow of x^2 is told apart by the full check.
+            diagonal = self.acc[gid] if self.mode == "diag" else torch.diagonal(self.acc[gid])
+            if not bool(torch.isfinite(diagonal).all()) and not bool(torch.isfinite(flat).all()):
+                raise NumericalError(f"non-finite calibration activations entering {name}")
             if self.mode == "cross":
                 dense = self._dense.get(name)
                 if dense is None or dense.shape != flat.shape:

@@ -150,12 +150,19 @@ def prune_model_lm(model: nn.Module, tokens: torch.Tensor, method: ModelMethod, 
                    device: torch.device | str = "cpu", selection: LayerSelection = LayerSelection(),
                    batch_size: int = 8, measure_error: bool = True, progress: Progress | None = None,
                    validation: torch.Tensor | None = None) -> ModelPruneResult:
-    """Prune a decoder-only LM in place with a model-level method (see :func:`lm_context`)."""
-    ctx = lm_context(model, tokens, device=device, selection=selection, batch_size=batch_size, progress=progress,
-                     validation=validation)
+    """Prune a decoder-only LM in place with a model-level method (see :func:`lm_context`).
+
+    Inside :func:`~harness.drivers.layouts.prunable_view`: GPT-2's ``Conv1D`` and fused expert
+    parameters stand in as Linear layers over the same storage, so the method sees every matrix."""
+    from harness.drivers.layouts import prunable_view
+    from harness.drivers.lm import find_blocks
+
     use_cache = getattr(model.config, "use_cache", None)
     try:
-        return _run(ctx, method, target, measure_error)
+        with prunable_view(*find_blocks(model)):
+            ctx = lm_context(model, tokens, device=device, selection=selection, batch_size=batch_size,
+                             progress=progress, validation=validation)
+            return _run(ctx, method, target, measure_error)
     finally:
         if use_cache is not None:
             model.config.use_cache = use_cache

@@ -37,7 +37,7 @@ REMOTE_CODE_ENV = "SPARSEBENCH_TRUST_REMOTE_CODE"
 _REMOTE_CODE_HINT = "set 'trust_remote_code: true' on the model in the suite and pass --trust-remote-code to harness run"
 
 
-def _check_remote_code(spec: ModelSpec) -> None:
+def check_remote_code(spec: ModelSpec) -> None:
     """Refuse ``trust_remote_code`` unless this run was allowed it too (one line naming both keys)."""
     if spec.trust_remote_code and os.environ.get(REMOTE_CODE_ENV) != "1":
         raise ModelUnavailable(f"model '{spec.id}' has 'trust_remote_code: true' in the suite, but this run was "
@@ -50,6 +50,7 @@ class LoadedModel:
     tokenizer: Any  # None for vision models
     info: dict[str, Any] = field(default_factory=dict)  # provenance: source, path, sha256, num_params
     data_config: dict[str, Any] | None = None  # vision: timm.data.resolve_data_config (also in info)
+    source: Any = None  # streamed (harness.models.stream): the checkpoint's TensorSource; ``model`` is a skeleton
 
 
 def is_vision(spec: ModelSpec) -> bool:
@@ -70,7 +71,7 @@ def offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
 
 
-def _unavailable(ref: ModelRef, exc: BaseException) -> ModelUnavailable:
+def hub_unavailable(ref: ModelRef, exc: BaseException) -> ModelUnavailable:
     hint = (
         f"download it where the hub is reachable (huggingface-cli download {ref.name}) and point the "
         f"suite at the folder with 'path:/that/folder', or copy the Hugging Face cache here and set HF_HOME"
@@ -79,7 +80,7 @@ def _unavailable(ref: ModelRef, exc: BaseException) -> ModelUnavailable:
     return ModelUnavailable(f"model '{ref}' is not available locally and {why}; {hint}")
 
 
-def _sha256_of_weights(folder: Path) -> str | None:
+def sha256_of_weights(folder: Path) -> str | None:
     files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
     return _sha256_of_files(files) if files else None
 
@@ -108,8 +109,10 @@ def load_model(
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
+    from harness.models import compressed
+
     hf_logging.disable_progress_bar()  # the CLI draws its own progress; tqdm bars would interleave
-    _check_remote_code(spec)
+    check_remote_code(spec)
     ref = parse_model_id(spec.id)
     dtype = resolve_dtype(spec.dtype, ref.source, device)
     info: dict[str, Any] = {"source": ref.source, "id": str(ref), "dtype": str(dtype).replace("torch.", "")}
@@ -126,23 +129,26 @@ def load_model(
             folder = base_dir / folder
         if not (folder / "config.json").exists():
             raise ModelUnavailable(f"model folder '{folder}' has no config.json (expected a save_pretrained folder)")
-        info.update(path=str(folder), sha256=_sha256_of_weights(folder))
+        info.update(path=str(folder), sha256=sha256_of_weights(folder))
         where, kwargs = folder, {}
     else:
         where = ref.name
         kwargs = {"revision": spec.revision} if spec.revision else {}
         info["revision"] = spec.revision
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            where, dtype=dtype, trust_remote_code=spec.trust_remote_code, **kwargs
-        )
+        if ref.source == "path" and compressed.folder_format(folder):  # compressed-tensors sparse: decompressed here
+            model = compressed.load_causal_lm(folder, dtype=dtype, trust_remote_code=spec.trust_remote_code)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(
+                where, dtype=dtype, trust_remote_code=spec.trust_remote_code, **kwargs
+            )
         tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=spec.trust_remote_code, **kwargs)
     except (OSError, ValueError) as exc:
         if "trust_remote_code" in str(exc):  # transformers' text names its own argument, not our keys
             raise ModelUnavailable(f"model '{ref}' needs to run code from its own repository; to allow it, "
                                    f"{_REMOTE_CODE_HINT}") from exc
         if ref.source == "hf":
-            raise _unavailable(ref, exc) from exc
+            raise hub_unavailable(ref, exc) from exc
         raise ModelUnavailable(f"cannot load model '{ref}' from {where}: {str(exc).splitlines()[0]}") from exc
     if ref.source == "hf":
         commit = getattr(model.config, "_commit_hash", None)
@@ -306,7 +312,7 @@ def load_vision_model(
         if not (folder / "config.json").is_file():
             raise ModelUnavailable(f"model folder '{folder}' has no config.json (expected a timm checkpoint folder)")
         name = f"local-dir:{folder}"
-        info.update(path=str(folder), sha256=_sha256_of_weights(folder))
+        info.update(path=str(folder), sha256=sha256_of_weights(folder))
     else:
         name = ref.name
         if problem := timm_name_problem(ref.name, has_weights=spec.weights is not None):

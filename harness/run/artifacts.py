@@ -16,11 +16,22 @@ of ok cells up to :data:`~harness.core.spec.KEEP_AUTO_BYTES` and drops bigger on
 evaluation; ``ok`` keeps every ok cell's; ``all`` keeps failed cells' too; ``none`` keeps none.
 A later suite that adds an evaluation loads a kept artifact, or prunes again (deterministically)
 when it is gone and checks that the weights hash the same.
+
+A streamed cell (:mod:`harness.drivers.stream`) writes its artifact block by block, as a folder
+``artifacts/<sha256>/`` (:class:`ShardWriter`): ``rest.safetensors`` (everything outside the
+decoder blocks, tied tensors once), ``block-00000.safetensors``, ... and ``index.json`` (the
+shards in order with their SHA-256 and a tensor -> shard map). Its sha256 is that of the lines
+``<shard file> <shard sha256>`` in order (:func:`shards_sha256`); the record's ``artifact`` has
+the same keys plus ``"shards"`` (the shard files in order). :func:`artifact_path`,
+:func:`artifact_sha256`, :func:`load_artifact` (into a whole model, shard by shard) and
+:func:`drop_artifact` take either form.
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import shutil
 import uuid
 from pathlib import Path
 from typing import Any
@@ -68,11 +79,101 @@ def write_artifact(model: Any, root: Path, run_id: str) -> dict[str, Any]:
 
 
 def artifact_path(root: Path, artifact: dict[str, Any] | None) -> Path | None:
-    """The artifact's file when it is still there (and has its name's hash by name), else None."""
+    """The artifact's file (or shard folder) when it is still there, else None."""
     if not artifact or not artifact.get("kept"):
         return None
+    if artifact.get("shards"):
+        folder = Path(root) / ARTIFACTS_DIR / artifact["sha256"]
+        return folder if (folder / INDEX).is_file() else None
     path = Path(root) / ARTIFACTS_DIR / f"{artifact['sha256']}.safetensors"
     return path if path.is_file() else None
+
+
+INDEX = "index.json"  # a sharded artifact's shard list and tensor -> shard map
+
+
+def shards_sha256(shards: list[tuple[str, str]]) -> str:
+    """A sharded artifact's hash: SHA-256 of ``"<file> <sha256>\n"`` for each shard, in order."""
+    return hashlib.sha256("".join(f"{f} {h}\n" for f, h in shards).encode()).hexdigest()
+
+
+def artifact_sha256(path: Path) -> str:
+    """The hash of an artifact file, or of a shard folder (each shard hashed again, in its index's order)."""
+    if not Path(path).is_dir():
+        return file_sha256(path)
+    index = json.loads((Path(path) / INDEX).read_text(encoding="utf-8"))
+    return shards_sha256([(sh["file"], file_sha256(Path(path) / sh["file"])) for sh in index["shards"]])
+
+
+class ShardWriter:
+    """Writes a streamed cell's artifact one shard at a time (``write``), then names the folder by
+    its hash (``finish``); identical weights of another cell share the folder, as files do."""
+
+    def __init__(self, root: Path, run_id: str) -> None:
+        self.root, self.run_id = Path(root), run_id
+        self.folder = self.root / ARTIFACTS_DIR
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.folder / f".{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+        self.tmp.mkdir()
+        self.shards: list[dict[str, Any]] = []
+        self.weight_map: dict[str, str] = {}
+
+    def write(self, name: str, tensors: dict[str, Any]) -> None:
+        """One shard ``<name>.safetensors`` (tensors that share storage are written once, the first name kept)."""
+        from safetensors.torch import save_file
+
+        seen, out = set(), {}
+        for key, t in tensors.items():
+            ptr = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
+            if ptr not in seen:
+                seen.add(ptr)
+                out[key] = t.detach().contiguous()
+        file = f"{name}.safetensors"
+        save_file(out, str(self.tmp / file), metadata={"format": "pt"})
+        self.shards.append({"file": file, "sha256": file_sha256(self.tmp / file),
+                            "bytes": (self.tmp / file).stat().st_size})
+        self.weight_map.update(dict.fromkeys(out, file))
+
+    def finish(self) -> dict[str, Any]:
+        """The record's ``artifact``: ``{"sha256", "path", "bytes", "kept", "shards"}``."""
+        sha = shards_sha256([(sh["file"], sh["sha256"]) for sh in self.shards])
+        index = {"sha256": sha, "shards": self.shards, "weight_map": self.weight_map}
+        (self.tmp / INDEX).write_text(json.dumps(index, indent=1) + "\n", encoding="utf-8")
+        dest = self.folder / sha
+        try:
+            os.replace(self.tmp, dest)
+        except OSError:  # the same weights are there already (a non-empty folder is not replaced)
+            if not (dest / INDEX).is_file():
+                raise
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        refs = self.folder / f"{sha}.refs"
+        refs.mkdir(exist_ok=True)
+        (refs / self.run_id).touch()
+        return {"sha256": sha, "path": f"{ARTIFACTS_DIR}/{sha}", "bytes": sum(sh["bytes"] for sh in self.shards),
+                "kept": True, "shards": [sh["file"] for sh in self.shards]}
+
+    def abort(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _load_shards(model: Any, folder: Path) -> tuple[list[str], list[str]]:
+    """Load every shard of a sharded artifact into a whole model; (missing, unexpected) names, where
+    a tied tensor counts as present when any of its names was loaded."""
+    from safetensors.torch import load_file
+
+    index = json.loads((Path(folder) / INDEX).read_text(encoding="utf-8"))
+    state = model.state_dict(keep_vars=True)
+    loaded, unexpected = set(), []
+    for sh in index["shards"]:
+        part = load_file(str(Path(folder) / sh["file"]))  # one shard in memory at a time
+        unexpected += [k for k in part if k not in state]
+        part = {k: v for k, v in part.items() if k in state}
+        for k, v in part.items():
+            if tuple(v.shape) != tuple(state[k].shape):
+                raise RuntimeError(f"size mismatch for {k}: {tuple(v.shape)} stored, {tuple(state[k].shape)} in the model")
+        model.load_state_dict(part, strict=False)
+        loaded.update(id(state[k]) for k in part)
+    return [k for k, v in state.items() if id(v) not in loaded], unexpected
 
 
 def load_artifact(model: Any, path: Path) -> None:
@@ -85,7 +186,10 @@ def load_artifact(model: Any, path: Path) -> None:
     from safetensors.torch import load_model
 
     try:
-        missing, unexpected = load_model(model, str(path), strict=False)
+        if Path(path).is_dir():  # a streamed cell's shards
+            missing, unexpected = _load_shards(model, Path(path))
+        else:
+            missing, unexpected = load_model(model, str(path), strict=False)
     except RuntimeError as e:  # shape mismatch
         first = str(e).strip().splitlines()[-1].strip() if str(e).strip() else type(e).__name__
         raise ValueError(f"the pruned weights do not fit a freshly built model: {first[:300]}") from e
@@ -133,6 +237,8 @@ def drop_artifact(root: Path, artifact: dict[str, Any], run_id: str) -> None:
     refs = folder / f"{artifact['sha256']}.refs"
     (refs / run_id).unlink(missing_ok=True)
     if refs.is_dir() and not any(refs.iterdir()):
+        if artifact.get("shards"):
+            shutil.rmtree(folder / artifact["sha256"], ignore_errors=True)
         (folder / f"{artifact['sha256']}.safetensors").unlink(missing_ok=True)
         try:
             refs.rmdir()

@@ -139,6 +139,7 @@ def _prune_and_evaluate(spec: RunSpec, record: dict, *, device: str, caches: dic
     from harness.core.target import Target
     from harness.core.variants import variant_name
     from harness.models.load import is_vision
+    from harness.models.stream import wants_stream
     from harness.plugins import get_method
     from harness.run.env import apply_precision
     from harness.run.families import FAMILIES
@@ -160,12 +161,19 @@ def _prune_and_evaluate(spec: RunSpec, record: dict, *, device: str, caches: dic
         record["status"], record["pruned"] = "ok", True
         return
     family = FAMILIES["vision" if is_vision(spec.model) else "lm"]  # image classifier (timm) or causal LM
+    if family is FAMILIES["lm"] and wants_stream(spec.model):  # block by block from disk (harness.run.streamed)
+        from harness.run.streamed import prune_and_evaluate_streamed
+
+        prune_and_evaluate_streamed(spec, record, method, target, device=device, caches=caches, reporter=reporter,
+                                    root=root, stored=stored_artifact(record, root), evaluate=evaluate_cell,
+                                    gate=record_sparsity)
+        return
     load = lambda: family.load(spec.model, device=device,  # noqa: E731
                                progress=lambda s, n, loss: reporter.progress("zoo build", s, n))
     loaded = load()
     missing = [ref for ref in spec.evals() if record["evals"].get(ref.eval_id, {}).get("status") != "ok"]
     dense_logits = _dense_logits(spec, loaded, device, caches) if family.dense_logits else None
-    stored = _stored_artifact(record, root)
+    stored = stored_artifact(record, root)
     if stored is None:  # prune (again): the weights go to an artifact, the evaluations to a fresh model
         record["environment"] = {**record["environment"], "precision": apply_precision(),
                                  "method_origin": cls.origin,  # plugin dist==version
@@ -180,7 +188,7 @@ def _prune_and_evaluate(spec: RunSpec, record: dict, *, device: str, caches: dic
         load_artifact(loaded.model, stored)
     model = loaded.model.to(device)
     record["publishable"] = all(e.get("publishable", True) for e in record["evals"].values()) and spec.publishable
-    _evaluate(spec, record, missing, loaded, model, device=device, caches=caches, reporter=reporter,
+    evaluate_cell(spec, record, missing, loaded, model, device=device, caches=caches, reporter=reporter,
               dense_logits=dense_logits)
     if spec.save and record["status"] == "ok":  # the evaluated weights, as a checkpoint to serve
         from harness.run.export import save_cell
@@ -192,14 +200,14 @@ def _prune_and_evaluate(spec: RunSpec, record: dict, *, device: str, caches: dic
     model.to("cpu")
 
 
-def _stored_artifact(record: dict, root: Path | None) -> Path | None:
+def stored_artifact(record: dict, root: Path | None) -> Path | None:
     """The kept artifact of a stored, pruned cell whose file still has its hash; else None (prune)."""
-    from harness.run.artifacts import artifact_path, file_sha256
+    from harness.run.artifacts import artifact_path, artifact_sha256
 
     if root is None or not record.get("pruned"):
         return None
     path = artifact_path(root, record.get("artifact"))
-    if path is None or file_sha256(path) != record["artifact"]["sha256"]:
+    if path is None or artifact_sha256(path) != record["artifact"]["sha256"]:
         return None
     return path
 
@@ -250,11 +258,13 @@ def _prune(spec: RunSpec, family: Any, loaded: Any, method: Any, target: Any, re
     return fresh
 
 
-def _evaluate(spec: RunSpec, record: dict, missing: list, loaded: Any, model: Any, *, device: str, caches: dict,
-              reporter: Reporter, dense_logits: Any) -> None:
+def evaluate_cell(spec: RunSpec, record: dict, missing: list, loaded: Any, model: Any, *, device: str, caches: dict,
+                  reporter: Reporter, dense_logits: Any, evaluate: Any = None) -> None:
     """Run each missing evaluation; one failing evaluation does not stop the others. The cell is
-    ok when every evaluation in its record is."""
+    ok when every evaluation in its record is. ``evaluate`` replaces ``evaluate_ref`` (streamed cells)."""
     from harness.evaluate.cell import evaluate_ref
+
+    evaluate_ref = evaluate or evaluate_ref
 
     first_error = None
     for ref in missing:
@@ -315,19 +325,22 @@ def _dense_logits(spec: RunSpec, loaded: Any, device: str, caches: dict) -> dict
     return out
 
 
-def record_sparsity(record: dict, model: Any, reports: list, method: Any, target: Any) -> None:
+def record_sparsity(record: dict, model: Any, reports: list, method: Any, target: Any, weight_of: Any = None) -> None:
     """Measure every pruned layer of ``model`` (the freshly built model holding the stored weights;
     conv weights flattened to rows) and fail on an out-of-tolerance one. The gate applies to every
-    method but the dense baseline, whatever flags a method sets about itself."""
+    method but the dense baseline, whatever flags a method sets about itself. ``weight_of(name)``
+    replaces ``layer_weight(model, name)`` (a streamed cell reads each block from its artifact)."""
     from harness.core.sparsity import Measured, check, measure
     from harness.core.target import Target
+    from harness.drivers.layouts import layer_weight
 
     problems, zeros, numel, nm_all = [], 0, 0, True
     gated = method.name != DENSE  # every method whatever it says of itself; dense is the one allowed 0 %
     per_layer = target.is_nm or method.target_scope() == "layer"  # else one global threshold: the total counts
     for rep in reports:
         layer_target = Target(rep.info["target"]) if "target" in rep.info else target  # a sparsity profile
-        m = measure(model.get_submodule(rep.name).weight, layer_target)
+        weight = weight_of(rep.name) if weight_of is not None else layer_weight(model, rep.name)
+        m = measure(weight, layer_target)  # (d_out, d_in): Conv1D transposed, one expert
         zeros, numel = zeros + m.zeros, numel + m.numel
         nm_all = nm_all and (m.nm_ok is not False)
         if gated and per_layer:

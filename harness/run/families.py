@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from harness.core.method import MethodBase, ModelMethod
-from harness.core.spec import RunSpec
+from harness.core.spec import DENSE, RunSpec
 from harness.core.target import Target
 from harness.run.reporter import Reporter
 
@@ -51,8 +51,35 @@ def prune_lm(spec: RunSpec, loaded: Any, method: MethodBase, target: Target, rec
                                 batch_size=spec.batch_size, progress=reporter.progress, validation=val)
         record["prune_time_s"] = time.perf_counter() - t0
         record_model_level(record, result)
+        record_block_share(spec, loaded.model, result.reports, record)
         return result.reports
-    return _prune_lm_layers(spec, loaded, method, target, record, tokens, device, reporter, t0)
+    reports = _prune_lm_layers(spec, loaded, method, target, record, tokens, device, reporter, t0)
+    record_block_share(spec, loaded.model, reports, record, enforce=method.name != DENSE)  # dense: recorded; no flag trusted
+    return reports
+
+
+MIN_BLOCK_SHARE = 0.9  # a cell must prune at least this share of its decoder blocks' matrix parameters
+
+
+def record_block_share(spec: RunSpec, model: Any, reports: list, record: dict, *, enforce: bool = True) -> None:
+    """Store the pruned share of the decoder blocks' matrix parameters (and tokens per expert) in
+    ``record["prune_info"]``; fail a cell below :data:`MIN_BLOCK_SHARE` unless the suite's
+    ``layers:`` chose its layers or ``enforce`` is False (the dense baseline): then it is recorded."""
+    from harness.drivers.lm import lm_block_share
+    from harness.drivers.moe import moe_summary
+
+    share = lm_block_share(model, reports)
+    info = {"block_share": share.share, "block_params": {"pruned": share.pruned, "total": share.total}}
+    moe = moe_summary(reports)
+    if moe is not None:
+        info["moe"] = moe
+    record["prune_info"] = {**record.get("prune_info", {}), **info}
+    chosen = bool(spec.layers.targets or spec.layers.ignore)
+    if enforce and share.share < MIN_BLOCK_SHARE and not chosen:
+        left = "; ".join(share.unpruned[:3])
+        raise ValueError(f"pruned only {share.share:.0%} of the decoder blocks' matrix parameters "
+                         f"({share.pruned:,} of {share.total:,}; at least {MIN_BLOCK_SHARE:.0%} unless the suite's "
+                         f"layers: targets/ignore choose fewer); not pruned: {left}")
 
 
 def _prune_lm_layers(spec: RunSpec, loaded: Any, method: Any, target: Target, record: dict, tokens: Any,

@@ -17,6 +17,29 @@ class CellResult:
     stored: bool = False  # from an earlier run, not run now
 
 
+@dataclass
+class FailureGroup:
+    """Cells that ended with the same status and the same error (see :func:`group_failures`)."""
+
+    status: str  # "failed" or "error"
+    error: str
+    results: list[CellResult]
+
+
+def group_failures(results: list[CellResult]) -> list[FailureGroup]:
+    """The failed and error cells grouped by (status, error), in order of first appearance.
+
+    A model that cannot be loaded (offline hub, missing folder) fails each of its cells with the
+    same message, which names the model: one group per model, so it is shown once, not per cell.
+    """
+    groups: dict[tuple[str, str], FailureGroup] = {}
+    for r in results:
+        if r.status in ("failed", "error"):
+            key = (r.status, r.error or "")
+            groups.setdefault(key, FailureGroup(r.status, r.error or "", [])).results.append(r)
+    return list(groups.values())
+
+
 class Reporter:
     """Progress sink. The library calls it; the CLI implements it with rich. Default: silent."""
 

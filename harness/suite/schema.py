@@ -95,6 +95,7 @@ _MODEL: dict[str, Check] = {
     "weights": check_str,
     "weights_keys": lambda ck, v, p, ln: ck.choice(v, p, ln, ["name", "position"], "weights_keys"),
     "problem": lambda ck, v, p, ln: v,  # synthetic: only; judged by synthetic.model_problem
+    "stream": check_bool,  # path:/hf: causal LMs: block streaming (harness.models.stream)
 }
 
 
@@ -125,6 +126,10 @@ def _model(ck: Checker, item: Any, path: str, line: int, base_dir: str) -> Model
     if "weights_keys" in raw and "weights" not in raw:
         ck.err(item.key_lines["weights_keys"], f"{path}.weights_keys", "'weights_keys' says how to read the "
                "model's 'weights:' file; give 'weights' too")
+        return None
+    if "stream" in raw and raw["stream"] and model_id.split(":", 1)[0] not in ("path", "hf"):
+        ck.err(item.key_lines["stream"], f"{path}.stream", "'stream' reads a path: or hf: causal LM block by "
+               "block from its safetensors; zoo: and vision models load whole")
         return None
     problem = synthetic.model_problem(ck, item, raw, model_id, path)
     if problem is None:

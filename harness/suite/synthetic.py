@@ -17,12 +17,14 @@ from harness.suite.checker import Checker
 from harness.suite.lines import LineDict
 from harness.suite.vision import model_kinds
 
-NOT_FOR_SYNTHETIC = ("targets", "calibration", "evals", "layers")
+NOT_FOR_SYNTHETIC = ("targets", "calibration", "evals", "layers", "save", "keep")
 _WHY = {
     "targets": "a synthetic problem sets its sparsity with problem.k (the target is 1 - k/d)",
     "calibration": "a synthetic problem draws its own data",
     "evals": "synthetic cells report final_dist, steps_to_tol, dist_at_10 and support_recall themselves",
     "layers": "a synthetic problem has no layers",
+    "save": "a synthetic problem has no model to save",
+    "keep": "a synthetic problem stores no pruned weights",
 }
 _KIND_WORDS = {"lm": "language models", "vision": "image classifiers", "synthetic": "synthetic: sparse-recovery problems"}
 

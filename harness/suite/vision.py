@@ -180,6 +180,10 @@ def kind_rules(ck: Checker, data: LineDict, dense_only: bool) -> None:
         if key in ("perplexity", "lm_eval", *IMAGE_DATASETS) and image_eval_key != (kind == "vision"):
             what = "an image classifier" if kind == "vision" else "a language model"
             ck.err(evals.key_lines[key], f"evals.{key}", f"'{key}' does not suit {first}, {what}")
+    save = data.get("save")
+    if kind == "vision" and isinstance(save, LineDict) and save.get("format") == "compressed":
+        ck.err(save.key_lines.get("format", save.line), "save.format", "'compressed' (compressed-tensors) is for "
+               f"language models; {first} is an image classifier: use format: dense")
 
 
 def profile_rules(ck: Checker, data: LineDict) -> None:

@@ -2,8 +2,9 @@
 // no network: works from file://.
 //   <table data-sortable>      th[data-kind="num"|"text"][data-better="asc"|"desc"|""]
 //   td[data-sort]              the sort key; a cell without one (missing value) sorts last
-//   form[data-filters=TABLE]   [data-filter="text"|"method"|"failed"] controls
-//   tr[data-method][data-status]
+//   form[data-filters=TABLE]   [data-filter="text"|"method"|"failed"|"columns"] controls
+//   form[data-suite-filter]    suites (checkboxes) and [data-filter="reported"]: every table
+//   tr[data-method][data-status][data-kind][data-suites]
 (function () {
   "use strict";
 
@@ -45,9 +46,31 @@
     th.setAttribute("aria-sort", dir);
   }
 
+  // The page-wide suite filter: null when there is none (model pages), else the ticked suites.
+  function suiteState() {
+    var form = document.querySelector("form[data-suite-filter]");
+    if (!form) return null;
+    var suites = {};
+    form.querySelectorAll("fieldset input").forEach(function (box) { suites[box.value] = box.checked; });
+    var reported = form.querySelector('[data-filter="reported"]');
+    return { suites: suites, reported: !reported || reported.checked };
+  }
+
+  function suiteVisible(row, state) {
+    if (!state) return true;
+    if (row.getAttribute("data-kind") !== "run") return state.reported;
+    var suites = [];
+    try { suites = JSON.parse(row.getAttribute("data-suites") || "[]"); } catch (e) { suites = []; }
+    return suites.length === 0 || suites.some(function (s) { return state.suites[s] !== false; });
+  }
+
   function applyFilters(form) {
     var table = document.getElementById(form.getAttribute("data-filters"));
     if (!table) return;
+    var section = form.closest("section.board");
+    var columns = form.querySelector('[data-filter="columns"]');
+    if (section && columns) section.classList.toggle("all-columns", columns.checked);
+    var state = suiteState();
     var text = form.querySelector('[data-filter="text"]').value.trim().toLowerCase();
     var methods = {};
     form.querySelectorAll('[data-filter="method"] input').forEach(function (box) {
@@ -57,8 +80,10 @@
     var rows = Array.prototype.slice.call(table.tBodies[0].rows);
     var shown = 0;
     rows.forEach(function (row) {
+      var status = row.getAttribute("data-status");
       var visible = methods[row.getAttribute("data-method")] !== false &&
-        (showFailed || row.getAttribute("data-status") === "ok") &&
+        (showFailed || row.getAttribute("data-kind") !== "run" || status === "ok" || status === "trial") &&
+        suiteVisible(row, state) &&
         (!text || row.textContent.toLowerCase().indexOf(text) !== -1);
       row.hidden = !visible;
       if (visible) shown += 1;
@@ -99,6 +124,14 @@
       form.addEventListener("input", function () { applyFilters(form); });
       form.addEventListener("change", function () { applyFilters(form); });
     });
+    var suites = document.querySelector("form[data-suite-filter]");
+    if (suites) {
+      var refresh = function () {
+        document.querySelectorAll("form[data-filters]").forEach(applyFilters);
+      };
+      suites.addEventListener("submit", function (e) { e.preventDefault(); });
+      suites.addEventListener("change", refresh);
+    }
     document.querySelectorAll("button[data-copy]").forEach(function (button) {
       button.addEventListener("click", function () {
         copyText(button.getAttribute("data-copy"), button);
