@@ -114,6 +114,22 @@ def params_on_meta() -> Iterator[None]:
         nn.Module.register_parameter = register  # type: ignore[method-assign]
 
 
+M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
+
+
+def return_freed_memory(threshold: int = 128 << 10) -> bool:
+    """Serve allocations above ``threshold`` bytes with their own mmap, so freeing gives them back
+    (glibc only; False elsewhere). glibc otherwise raises its threshold as large blocks are freed
+    and keeps them in its heap: measured on a 0.8 B Llama, RSS then rose ~50 MB per streamed block
+    with the live tensors constant; with the threshold fixed it stays flat."""
+    import ctypes
+
+    try:
+        return bool(ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, threshold))
+    except (OSError, AttributeError):
+        return False
+
+
 def skeleton(config: Any, dtype: Any, trust_remote_code: bool = False) -> nn.Module:
     """A causal LM for ``config`` with its parameters on the meta device, in eval mode, no KV cache."""
     from transformers import AutoModelForCausalLM
@@ -221,6 +237,7 @@ def open_streamed(spec: ModelSpec, *, device: str = "cpu", base_dir: Path | None
     from harness.models.load import LoadedModel, check_remote_code, sha256_of_weights, resolve_dtype
 
     check_remote_code(spec)
+    return_freed_memory()
     ref = parse_model_id(spec.id)
     folder = resolve_folder(spec, base_dir)
     dtype = resolve_dtype(spec.dtype, ref.source, device)
