@@ -5,7 +5,7 @@
 #      prune time by projection kind;
 #   2. the per-layer benchmark with our implementations on the GPU (references on the CPU, masks compared);
 #   3. block streaming (benchmarks/stream.py): a Llama-2-7B-shaped checkpoint of random bf16 weights
-#      (~13.5 GB, written once to $STREAM_DIR, default /tmp/sparsebench-stream-bench) pruned by SparseGPT
+#      (~13.5 GB, written once to $STREAM_DIR, default benchmarks/results/stream) pruned by SparseGPT
 #      block by block from disk, 4 x 128 calibration tokens: peak RSS and wall time (up to 7 more minutes).
 # Usage:  bash benchmarks/gpu_check.sh            (needs CUDA; results in benchmarks/results/gpu_check_*.json)
 #         SMALL=1 bash benchmarks/gpu_check.sh    (CPU dry run of every step: 2-block Llama, small shapes)
@@ -55,6 +55,6 @@ if [[ -n "$BIG" ]]; then
 fi
 echo "== $STREAM_SHAPE streamed from disk, sparsegpt 50% on $DEVICE, calibration 4x128 ($((SECONDS - start)) s elapsed)"
 step 420 "stream $STREAM_SHAPE" "$PY" -m benchmarks.stream --shape "$STREAM_SHAPE" --modes stream --device "$DEVICE" \
-    --dir "${STREAM_DIR:-/tmp/sparsebench-stream-bench}" --out "$OUT/gpu_check_stream.json"
+    --dir "${STREAM_DIR:-benchmarks/results/stream}" --out "$OUT/gpu_check_stream.json"
 echo "== gpu_check.sh done in $((SECONDS - start)) s; failed steps: ${failed[*]:-none}"
 [[ ${#failed[@]} -eq 0 ]]

@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.stream", description=__doc__.split("\n")[0])
     p.add_argument("--shape", choices=sorted(SHAPES), default="llama-0.8b")
     p.add_argument("--modes", default="memory,stream", help="comma-separated: memory, stream")
-    p.add_argument("--dir", type=Path, default=Path("/tmp/sparsebench-stream-bench"))
+    p.add_argument("--dir", type=Path, default=Path("benchmarks/results/stream"))
     p.add_argument("--shard-mb", type=int, default=200)
     p.add_argument("--calib", default="4x128", help="calibration windows NxSEQLEN (random tokens)")
     p.add_argument("--device", default="cpu")

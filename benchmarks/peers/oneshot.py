@@ -19,39 +19,50 @@ from typing import Any
 CALIB = {"opt-125m": (32, 128), "zoo:tiny-llama": (128, 128)}
 
 
-def _model_and_ids(model_id: str):
-    """(model, (n, seqlen) calibration ids) as both sides get them."""
+def _model_and_ids(model_id: str, scratch: Path):
+    """(model, (n, seqlen) calibration ids, a tokenizer) as both sides get them.
+
+    OPT-125m shapes come with random weights and random ids; oneshot insists on a processor
+    even for tokenized data, so it gets the zoo OPT's tokenizer (the ids never pass through it).
+    """
     import torch
+
+    from harness.core.spec import ModelSpec
+    from harness.models.load import load_model
 
     n, seqlen = CALIB[model_id]
     if model_id.startswith("zoo:"):
-        from harness.core.spec import ModelSpec
         from harness.data import text as data
-        from harness.models.load import load_model
 
         loaded = load_model(ModelSpec(model_id))
-        return loaded.model, data.calibration_tokens("pydoc", loaded.tokenizer, n, seqlen, 0)
+        return loaded.model, data.calibration_tokens("pydoc", loaded.tokenizer, n, seqlen, 0), loaded.tokenizer
+    from transformers import AutoModelForCausalLM
+
     from benchmarks.e2e import build
 
     model = build(model_id)
-    return model, torch.randint(0, model.config.vocab_size, (n, seqlen), generator=torch.Generator().manual_seed(0))
+    ids = torch.randint(0, model.config.vocab_size, (n, seqlen), generator=torch.Generator().manual_seed(0))
+    tokenizer = load_model(ModelSpec("zoo:tiny-opt")).tokenizer
+    # a Hugging Face folder, as the issue compared: oneshot resolves files from the model's path
+    folder = scratch / f"{model_id}-hf"  # inside the parent's temporary directory
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return AutoModelForCausalLM.from_pretrained(folder, torch_dtype=torch.float32).eval(), ids, tokenizer
 
 
 def _masks(model: Any) -> dict[str, Any]:
+    """Pruned-or-not of every Linear but the head, by name."""
     import torch
 
-    from harness.drivers.lm import find_blocks
-
-    path, blocks = find_blocks(model)
-    return {f"{path}.{i}.{name}": (mod.weight == 0).clone() for i, b in enumerate(blocks)
-            for name, mod in b.named_modules() if isinstance(mod, torch.nn.Linear)}
+    return {name: (mod.weight == 0).clone() for name, mod in model.named_modules()
+            if isinstance(mod, torch.nn.Linear) and not name.endswith("lm_head")}
 
 
 def child(side: str, model_id: str, target: str, out: str) -> dict[str, Any]:
     """One side's run in this interpreter; writes the masks to ``out`` and returns the timings."""
     import torch
 
-    model, ids = _model_and_ids(model_id)
+    model, ids, tokenizer = _model_and_ids(model_id, Path(out).parent)
     t0 = time.perf_counter()
     if side == "sparsebench":
         from harness.core.target import Target
@@ -68,7 +79,7 @@ def child(side: str, model_id: str, target: str, out: str) -> dict[str, Any]:
         structure = "0:0" if ":" not in target else target
         recipe = SparseGPTModifier(sparsity=0.5 if ":" in target else float(target), mask_structure=structure,
                                    ignore=["lm_head"])
-        oneshot(model=model, dataset=ds, recipe=recipe, num_calibration_samples=ids.shape[0],
+        oneshot(model=model, tokenizer=tokenizer, dataset=ds, recipe=recipe, num_calibration_samples=ids.shape[0],
                 max_seq_length=ids.shape[1], shuffle_calibration_samples=False)
     prune_s = time.perf_counter() - t0
     torch.save(_masks(model), out)
