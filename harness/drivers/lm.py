@@ -100,11 +100,12 @@ def prunable_layers(block: nn.Module, prefix: str, selection: LayerSelection) ->
     return out
 
 
-def _first(out: Any) -> torch.Tensor:
+def first_output(out: Any) -> torch.Tensor:
+    """A block's hidden states: the first element of a tuple output, or the output itself."""
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
-def _with_hidden(args: tuple, kwargs: dict, hidden: torch.Tensor) -> tuple[tuple, dict]:
+def with_hidden(args: tuple, kwargs: dict, hidden: torch.Tensor) -> tuple[tuple, dict]:
     """Replace the hidden states (first positional, or the ``hidden_states`` keyword)."""
     if args:
         return (hidden,) + tuple(args[1:]), kwargs
@@ -219,7 +220,7 @@ class LMAdapter(Adapter):
         self.dense_outs = None
 
     def _run(self, block: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor:
-        return _first(block(*to_device(args, self.device), **to_device(kwargs, self.device))).to(self.home)
+        return first_output(block(*to_device(args, self.device), **to_device(kwargs, self.device))).to(self.home)
 
     def gather(self, unit: Unit, hooked: dict[str, nn.Module]) -> StatsCollector:
         """Replay the calibration batches through the unit's block with hooks on ``hooked``."""
@@ -248,11 +249,11 @@ class LMAdapter(Adapter):
                 self.on_block_output(i, outs)
             nxt = self.block_calls[i + 1] if i + 1 < len(self.block_calls) else []  # the next block's own kwargs
             self.block_calls[i] = None
-            self.calls = [_with_hidden(args, kwargs, o) for o, (args, kwargs) in zip(outs, nxt)]
+            self.calls = [with_hidden(args, kwargs, o) for o, (args, kwargs) in zip(outs, nxt)]
             if self.dense_calls is not None:
                 if self.dense_outs is None:  # a block without prunable layers: replay it dense
                     self.dense_outs = [self._run(block, a, k) for a, k in self.dense_calls]
-                self.dense_calls = [_with_hidden(a, k, o) for o, (a, k) in zip(self.dense_outs, nxt)]
+                self.dense_calls = [with_hidden(a, k, o) for o, (a, k) in zip(self.dense_outs, nxt)]
         if self.device.type != "cpu":
             block.to("cpu")
             self.view.sync(i)  # expert and Conv1D weights back in their own parameters: one copy each

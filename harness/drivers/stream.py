@@ -33,7 +33,7 @@ from harness.core.target import Target
 from harness.data.text import Perplexity, eval_windows, perplexity_of, window_nll
 from harness.drivers.hooks import to_device
 from harness.drivers.layouts import layer_weight, prunable_view
-from harness.drivers.lm import LMAdapter, capture_inputs, prunable_layers
+from harness.drivers.lm import LMAdapter, capture_inputs, first_output, prunable_layers, with_hidden
 from harness.drivers.loop import Progress, Unit, run_loop
 from harness.drivers.moe import MIN_EXPERT_TOKENS, annotate
 from harness.models.blocks import find_blocks
@@ -182,16 +182,6 @@ class _Replay(nn.Module):
         return (hidden,) + tuple(self.template[1:]) if isinstance(self.template, tuple) else hidden
 
 
-def _first(out: Any) -> torch.Tensor:
-    return out[0] if isinstance(out, (tuple, list)) else out
-
-
-def _with_hidden(args: tuple, kwargs: dict, hidden: torch.Tensor) -> tuple[tuple, dict]:
-    if args:
-        return (hidden,) + tuple(args[1:]), kwargs
-    return args, {**kwargs, "hidden_states": hidden}
-
-
 def streamed_perplexity(model: nn.Module, source: TensorSource, ids: torch.Tensor, seqlen: int, *,
                         device: Any = "cpu", batch_size: int = 8, max_windows: int | None = None,
                         progress: Callable[[int, int], None] | None = None) -> Perplexity:
@@ -213,10 +203,10 @@ def streamed_perplexity(model: nn.Module, source: TensorSource, ids: torch.Tenso
             new = []
             for j, (args, kwargs) in enumerate(calls[i]):
                 if outs is not None:
-                    args, kwargs = _with_hidden(args, kwargs, outs[j])
+                    args, kwargs = with_hidden(args, kwargs, outs[j])
                 out = block(*to_device(args, dev), **to_device(kwargs, dev))
                 template = out if template is None else template
-                new.append(_first(out).to(home if dev.type != "cpu" else dev))
+                new.append(first_output(out).to(home if dev.type != "cpu" else dev))
             calls[i], outs = None, new
             release(block)
             if progress is not None:

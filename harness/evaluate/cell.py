@@ -14,10 +14,6 @@ from typing import Any, Callable
 from harness.core.spec import EvalRef, ImageEvalSpec, PerplexitySpec, RunSpec
 
 
-def ppl_metric_name(spec: PerplexitySpec) -> str:
-    return spec.metric_name()
-
-
 def evaluate_perplexity(
     model: Any,
     tokenizer: Any,
@@ -37,7 +33,7 @@ def evaluate_perplexity(
         key = (cache_key, spec.dataset, spec.seqlen)
         if key not in token_cache:
             token_cache[key] = data.test_tokens(spec.dataset, tokenizer, spec.seqlen)
-        name = ppl_metric_name(spec)
+        name = spec.metric_name()
         cb = (lambda done, total, _n=name: progress(_n, done, total)) if progress else None
         res = data.perplexity(
             model, token_cache[key], spec.seqlen, device=device, batch_size=batch_size,

@@ -171,7 +171,6 @@ def _prune_and_evaluate(spec: RunSpec, record: dict, *, device: str, caches: dic
     load = lambda: family.load(spec.model, device=device,  # noqa: E731
                                progress=lambda s, n, loss: reporter.progress("zoo build", s, n))
     loaded = load()
-    missing = [ref for ref in spec.evals() if record["evals"].get(ref.eval_id, {}).get("status") != "ok"]
     dense_logits = _dense_logits(spec, loaded, device, caches) if family.dense_logits else None
     stored = stored_artifact(record, root)
     if stored is None:  # prune (again): the weights go to an artifact, the evaluations to a fresh model
@@ -181,15 +180,13 @@ def _prune_and_evaluate(spec: RunSpec, record: dict, *, device: str, caches: dic
         record["model_info"] = loaded.info
         loaded = _prune(spec, family, loaded, method, target, record, load, device=device, caches=caches,
                         reporter=reporter, root=root)
-        missing = [ref for ref in spec.evals() if record["evals"].get(ref.eval_id, {}).get("status") != "ok"]
     else:
         from harness.run.artifacts import load_artifact
 
         load_artifact(loaded.model, stored)
     model = loaded.model.to(device)
-    record["publishable"] = all(e.get("publishable", True) for e in record["evals"].values()) and spec.publishable
-    evaluate_cell(spec, record, missing, loaded, model, device=device, caches=caches, reporter=reporter,
-              dense_logits=dense_logits)
+    evaluate_cell(spec, record, loaded, model, device=device, caches=caches, reporter=reporter,
+                  dense_logits=dense_logits)
     if spec.save and record["status"] == "ok":  # the evaluated weights, as a checkpoint to serve
         from harness.run.export import save_cell
 
@@ -258,14 +255,17 @@ def _prune(spec: RunSpec, family: Any, loaded: Any, method: Any, target: Any, re
     return fresh
 
 
-def evaluate_cell(spec: RunSpec, record: dict, missing: list, loaded: Any, model: Any, *, device: str, caches: dict,
+def evaluate_cell(spec: RunSpec, record: dict, loaded: Any, model: Any, *, device: str, caches: dict,
                   reporter: Reporter, dense_logits: Any, evaluate: Any = None) -> None:
-    """Run each missing evaluation; one failing evaluation does not stop the others. The cell is
-    ok when every evaluation in its record is. ``evaluate`` replaces ``evaluate_ref`` (streamed cells)."""
+    """Run each evaluation of ``spec`` not stored as ok in ``record`` (after a prune whose weights
+    differ from the stored ones, that is all of them); one failing evaluation does not stop the
+    others. The cell is ok when every evaluation in its record is. ``evaluate`` replaces
+    ``evaluate_ref`` (streamed cells)."""
     from harness.evaluate.cell import evaluate_ref
 
     evaluate_ref = evaluate or evaluate_ref
-
+    missing = [ref for ref in spec.evals() if record["evals"].get(ref.eval_id, {}).get("status") != "ok"]
+    record["publishable"] = all(e.get("publishable", True) for e in record["evals"].values()) and spec.publishable
     first_error = None
     for ref in missing:
         entry = {"kind": ref.kind, "spec": next(e["spec"] for e in spec.evals_dict() if e["eval_id"] == ref.eval_id),

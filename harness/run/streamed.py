@@ -48,11 +48,8 @@ def prune_and_evaluate_streamed(spec: RunSpec, record: dict, method: Any, target
         else:
             fresh = fresh_model(loaded, stored)
         release(loaded.model)  # the checkpoint's embeddings and head: the fresh model has the artifact's
-        missing = [ref for ref in spec.evals() if record["evals"].get(ref.eval_id, {}).get("status") != "ok"]
-        record["publishable"] = (all(e.get("publishable", True) for e in record["evals"].values())
-                                 and spec.publishable)
-        evaluate(spec, record, missing, fresh, fresh.model, device=device, caches=caches, reporter=reporter,
-                      dense_logits=None, evaluate=_Evaluator(fresh))
+        evaluate(spec, record, fresh, fresh.model, device=device, caches=caches, reporter=reporter,
+                 dense_logits=None, evaluate=_Evaluator(fresh))
         if spec.save and record["status"] == "ok":
             from harness.run.export import save_cell
 
