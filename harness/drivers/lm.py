@@ -44,7 +44,24 @@ class _StopForward(Exception):
     pass
 
 
-class _Catcher(nn.Module):
+class BlockStandIn(nn.Module):
+    """A module that stands in a decoder block's place while holding the block out of the module
+    tree (``model.to()`` must not move, or materialize, it: a streamed model's blocks are on the
+    meta device), and passes attribute reads through to it (model code reads e.g. a layer's
+    ``attention_type``)."""
+
+    def __init__(self, block: nn.Module) -> None:
+        super().__init__()
+        object.__setattr__(self, "block", block)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.__dict__["block"], name)
+
+
+class _Catcher(BlockStandIn):
     """Stands in for one block while block inputs are captured: records (args, kwargs) of each call.
 
     Every block gets one, so each records the arguments the model passes to *it* (Gemma's and
@@ -54,18 +71,9 @@ class _Catcher(nn.Module):
     """
 
     def __init__(self, block: nn.Module, last: bool, template: dict) -> None:
-        super().__init__()
-        object.__setattr__(self, "block", block)  # out of the module tree: model.to() must not move (or
-        # materialize) the blocks; a streamed model's are on the meta device (harness.drivers.stream)
+        super().__init__(block)
         self.last, self.template = last, template
         self.calls: list[tuple[tuple, dict]] = []
-
-    def __getattr__(self, name: str) -> Any:
-        # Model code reads attributes of its layers (e.g. ``attention_type``); pass them through.
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            return getattr(self.__dict__["block"], name)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         self.calls.append((args, kwargs))

@@ -33,7 +33,7 @@ from harness.core.target import Target
 from harness.data.text import Perplexity, eval_windows, perplexity_of, window_nll
 from harness.drivers.hooks import to_device
 from harness.drivers.layouts import layer_weight, prunable_view
-from harness.drivers.lm import LMAdapter, capture_inputs, first_output, prunable_layers, with_hidden
+from harness.drivers.lm import BlockStandIn, LMAdapter, capture_inputs, first_output, prunable_layers, with_hidden
 from harness.drivers.loop import Progress, Unit, run_loop
 from harness.drivers.moe import MIN_EXPERT_TOKENS, annotate
 from harness.models.blocks import find_blocks
@@ -162,19 +162,12 @@ class BlockWeights:
             self.opened = None
 
 
-class _Replay(nn.Module):
+class _Replay(BlockStandIn):
     """Stands in for a block in the final forward: returns the last block's output for the current batch."""
 
     def __init__(self, block: nn.Module, outs: list[torch.Tensor], template: Any, state: dict) -> None:
-        super().__init__()
-        object.__setattr__(self, "block", block)  # out of the module tree (it is on the meta device)
+        super().__init__(block)
         self.outs, self.template, self.state = outs, template, state
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            return getattr(self.__dict__["block"], name)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         ref = args[0] if args else kwargs["hidden_states"]
