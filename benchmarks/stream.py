@@ -13,7 +13,9 @@
    difference as a multiple of the checkpoint's size, and wall times (load, prune, total).
 
 Shapes: ``llama-0.8b`` (13 blocks, hidden 2048, 1.6 GB), ``opt-1.3b`` (OPT-1.3B's config, 2.6 GB),
-``llama-7b`` (Llama-2-7B's config, 13.5 GB; ``memory`` needs ~2x that, so run ``--modes stream``).
+``llama-7b`` (Llama-2-7B's config, 13.5 GB; ``memory`` needs ~2x that, so run ``--modes stream``),
+``llama-13b`` (Llama-2-13B's config, 26 GB, larger than this machine's RAM; ``--modes stream``). The
+streamed artifact is as large as the checkpoint: both must fit on the disk of ``--dir``.
 """
 from __future__ import annotations
 
@@ -37,6 +39,8 @@ SHAPES = {
     "llama-tiny": ("LlamaConfig", dict(LLAMA, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
                                        num_attention_heads=4, num_key_value_heads=4)),  # dry runs
     "llama-7b": ("LlamaConfig", dict(LLAMA, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32)),
+    "llama-13b": ("LlamaConfig", dict(LLAMA, hidden_size=5120, intermediate_size=13824, num_hidden_layers=40,
+                                      num_attention_heads=40, num_key_value_heads=40)),
 }
 
 

@@ -100,6 +100,9 @@ class StreamAdapter(LMAdapter):
     def begin(self, mode: str) -> None:
         self._open(0)  # capture runs block 0 once to learn how a block returns
         super().begin(mode)
+        # Past the capture nothing outside the blocks runs (the callers wrote those tensors out
+        # first, :func:`rest_state`): embeddings and head leave memory for the whole loop.
+        release(self.model, skip=self.path)
 
     def units(self) -> Iterator[Unit]:
         for i in range(len(self.blocks)):
@@ -125,7 +128,9 @@ def prune_streamed(model: nn.Module, source: TensorSource, sink: Sink, batches: 
                    min_expert_tokens: int = MIN_EXPERT_TOKENS) -> list[LayerReport]:
     """Prune skeleton ``model`` block by block (see :func:`~harness.drivers.lm.prune_sequential`,
     which this matches layer for layer); each pruned block goes to ``sink`` and is released.
-    ``method.prepare`` sees the weights as meta tensors (shapes only)."""
+    ``method.prepare`` sees the weights as meta tensors (shapes only). The tensors outside the
+    blocks (embeddings, final norm, head) are released once the calibration inputs are captured:
+    write them out before (:func:`rest_state`) if they are needed."""
     if why := stream_problem(method):
         raise ValueError(f"cannot stream this cell: {why}; set 'stream: false' on the model to load it whole")
     adapter = StreamAdapter(model, source, sink, batches, method, device=device, selection=selection,

@@ -13,12 +13,15 @@ Which cells stream (:func:`wants_stream`): a model entry with ``stream: true`` (
 :data:`STREAM_AUTO_BYTES` unless the entry says ``stream: false``. Streaming changes no number (the
 same prune loop and methods, the same per-block forwards), so ``stream`` is not in the run id.
 
-Tensor names must be the model's own ``state_dict`` names (what ``save_pretrained`` writes; a
-checkpoint that transformers renames on load, such as older per-expert MoE layouts, is refused
-with one line naming the first tensor not found).
+Tensor names are the model's own ``state_dict`` names, or what transformers' own checkpoint
+conversions turn into them on load (:meth:`TensorSource.match`): ``save_pretrained`` writes
+mixture-of-experts layers per expert (``experts.<e>.w1.weight``, ...), which are stacked into the
+fused 3-D tensors block by block exactly as ``from_pretrained`` stacks them. A tensor that neither
+provides is refused with one line naming it.
 """
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -39,6 +42,10 @@ class TensorSource:
 
     def __init__(self, files: dict[str, Path]) -> None:
         self.files = files
+        self.renamed: dict[str, str] = {}  # model name -> the checkpoint's name for the same tensor
+        # model name -> (transformers' converter, [(its source pattern, checkpoint name)] in load order)
+        self.merged: dict[str, tuple[Any, list[tuple[str, str]]]] = {}
+        self.config: Any = None  # the model's config, for the converters' operations
 
     @classmethod
     def from_folder(cls, folder: Path, index_file: str = INDEX_FILE) -> "TensorSource":
@@ -58,11 +65,61 @@ class TensorSource:
             raise FileNotFoundError(f"no safetensors weights in '{folder}' (block streaming reads safetensors only)")
         return cls(files)
 
+    def match(self, model: nn.Module) -> "TensorSource":
+        """Find ``model``'s state-dict names that the checkpoint stores under another name or in
+        another layout, with transformers' own load-time conversions for the model (the ones
+        ``from_pretrained`` applies: renamed modules, per-expert tensors stacked into fused experts);
+        a checkpoint that holds every name as it is needs none. Returns self."""
+        meta = model.state_dict()  # the skeleton's: meta tensors, no memory
+        if meta.keys() <= self.files.keys():
+            return self
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import WeightConverter, WeightRenaming, dot_natural_key, rename_source_key
+
+        mapping = get_model_conversion_mapping(model)
+        renamings = [m for m in mapping if isinstance(m, WeightRenaming)]
+        converters = [m for m in mapping if isinstance(m, WeightConverter)]
+        by_pattern = {p: c for c in converters for p in c.source_patterns}
+        prefix = model.base_model_prefix
+        for key in sorted(self.files, key=dot_natural_key):  # from_pretrained's order: experts 0, 1, ..., 10
+            name, pattern = rename_source_key(key, renamings, converters, prefix, meta)
+            if name not in meta and key in meta:
+                name, pattern = rename_source_key(key, [], [], prefix, meta)
+            if name not in meta or name in self.files:
+                continue
+            if pattern is None:
+                self.renamed[name] = key
+            else:
+                self.merged.setdefault(name, (by_pattern[pattern], []))[1].append((pattern, key))
+        self.config = model.config
+        return self
+
     def __contains__(self, name: str) -> bool:
-        return name in self.files
+        return name in self.files or name in self.renamed or name in self.merged
 
     def read(self, names: list[str]) -> dict[str, torch.Tensor]:
-        """The named tensors, each file opened once (and closed before returning)."""
+        """The named tensors (model names), each file opened once; converted ones built as
+        ``from_pretrained`` builds them."""
+        plain = [n for n in names if n not in self.merged]
+        parts = [key for n in names if n in self.merged for _, key in self.merged[n][1]]
+        stored = self._read([self.renamed.get(n, n) for n in plain] + parts)
+        out = {n: stored.pop(self.renamed.get(n, n)) for n in plain}
+        for name in names:
+            if name not in self.merged:
+                continue
+            template, sources = self.merged[name]
+            converter = copy.deepcopy(template)
+            for pattern, key in sources:
+                converter.add_tensor(name, key, pattern, stored.pop(key))
+            value = converter.convert(name, config=self.config).get(name)
+            if value is None:
+                raise ValueError(f"tensor '{name}': transformers' conversion of {sources[0][1]} and "
+                                 f"{len(sources) - 1} more checkpoint tensors did not produce it")
+            out[name] = value[0] if isinstance(value, list) else value
+        return out
+
+    def _read(self, names: list[str]) -> dict[str, torch.Tensor]:
+        """The named checkpoint tensors, each file opened once (and closed before returning)."""
         from safetensors import safe_open
 
         by_file: dict[Path, list[str]] = {}
@@ -191,9 +248,10 @@ def load_tensors(module: nn.Module, source: TensorSource, prefix: str = "", *, s
     return nbytes
 
 
-def release(module: nn.Module) -> None:
-    """Put every parameter and persistent buffer of ``module`` back on the meta device (frees its memory)."""
-    for entries in _tensors(module, "", None).values():
+def release(module: nn.Module, *, skip: str | None = None) -> None:
+    """Put every parameter and persistent buffer of ``module`` (those under ``skip`` left out) back
+    on the meta device (frees its memory)."""
+    for entries in _tensors(module, "", skip).values():
         owner, attr, _ = entries[0]
         current = getattr(owner, attr)
         if current.device.type == "meta":
@@ -247,8 +305,8 @@ def open_streamed(spec: ModelSpec, *, device: str = "cpu", base_dir: Path | None
     info: dict[str, Any] = {"source": ref.source, "id": str(ref), "dtype": str(dtype).replace("torch.", ""),
                             "path": str(folder), "sha256": sha256_of_weights(folder), "streamed": True,
                             "checkpoint_bytes": checkpoint_bytes(folder)}
-    if ref.source == "hf":
-        info["revision"] = spec.revision
+    if ref.source == "hf":  # snapshot_download returns snapshots/<commit>
+        info.update(revision=spec.revision, commit=folder.name)
     info["num_params"] = sum(p.numel() for p in model.parameters())
     info["architecture"] = type(model).__name__
-    return LoadedModel(model, tokenizer, info, source=TensorSource.from_folder(folder))
+    return LoadedModel(model, tokenizer, info, source=TensorSource.from_folder(folder).match(model))

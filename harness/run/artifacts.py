@@ -23,8 +23,17 @@ decoder blocks, tied tensors once), ``block-00000.safetensors``, ... and ``index
 shards in order with their SHA-256 and a tensor -> shard map). Its sha256 is that of the lines
 ``<shard file> <shard sha256>`` in order (:func:`shards_sha256`); the record's ``artifact`` has
 the same keys plus ``"shards"`` (the shard files in order). :func:`artifact_path`,
-:func:`artifact_sha256`, :func:`load_artifact` (into a whole model, shard by shard) and
-:func:`drop_artifact` take either form.
+:func:`artifact_sha256`, :func:`verify_artifact`, :func:`load_artifact` (into a whole model, shard
+by shard) and :func:`drop_artifact` take either form.
+
+Reuse without re-reading: when an artifact is written (and after any full check), the file system's
+record of each of its files (size, mtime and ctime in ns, inode, device; for a shard folder each
+shard and ``index.json``) goes to ``<sha256>.stat.json`` beside it. :func:`verify_artifact` trusts
+an artifact whose files still match that exactly and hashes it in full otherwise. Any write, truncation,
+replacement, ``touch`` or copy changes the ctime or the inode (a process cannot set ctime), as
+git, make and rsync rely on; what it cannot see is a change below the file system (bit rot, a
+disk edited as a device), which only reading every byte finds: ``--force`` prunes again and
+compares the hash.
 """
 from __future__ import annotations
 
@@ -33,6 +42,7 @@ import json
 import os
 import shutil
 import uuid
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +84,7 @@ def write_artifact(model: Any, root: Path, run_id: str) -> dict[str, Any]:
     refs = folder / f"{sha}.refs"
     refs.mkdir(exist_ok=True)
     (refs / run_id).touch()
+    record_stat(dest, sha)
     return {"sha256": sha, "path": f"{ARTIFACTS_DIR}/{sha}.safetensors", "bytes": dest.stat().st_size,
             "kept": True}
 
@@ -103,6 +114,58 @@ def artifact_sha256(path: Path) -> str:
         return file_sha256(path)
     index = json.loads((Path(path) / INDEX).read_text(encoding="utf-8"))
     return shards_sha256([(sh["file"], file_sha256(Path(path) / sh["file"])) for sh in index["shards"]])
+
+
+def _stat_file(path: Path) -> Path:
+    """``artifacts/<sha256>.stat.json`` beside the artifact file or shard folder."""
+    path = Path(path)
+    return path.with_name(path.name.removesuffix(".safetensors") + ".stat.json")
+
+
+def _file_stats(path: Path) -> dict[str, list[int]]:
+    """File name -> [size, mtime_ns, ctime_ns, inode, device] of the artifact's files."""
+    path = Path(path)
+    if path.is_dir():
+        index = json.loads((path / INDEX).read_text(encoding="utf-8"))
+        files = [path / INDEX] + [path / sh["file"] for sh in index["shards"]]
+    else:
+        files = [path]
+    out = {}
+    for f in files:
+        st = f.stat()
+        out[f.name] = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
+    return out
+
+
+def record_stat(path: Path, sha: str) -> None:
+    """Note the artifact's files as they are now, known to hash to ``sha`` (see :func:`verify_artifact`)."""
+    dest = _stat_file(path)
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        tmp.write_text(json.dumps({"sha256": sha, "files": _file_stats(path)}) + "\n", encoding="utf-8")
+        os.replace(tmp, dest)
+    except OSError:  # not noted: the next reuse hashes the artifact in full, as before
+        with suppress(OSError):
+            tmp.unlink()
+
+
+def verify_artifact(path: Path, sha: str) -> bool:
+    """Whether the artifact at ``path`` still holds the weights that hash to ``sha``: its files as
+    noted when they were last hashed (no byte read), else hashed in full (and noted when they match).
+    A file gone or unreadable is False."""
+    try:
+        noted = json.loads(_stat_file(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        noted = None
+    try:
+        if isinstance(noted, dict) and noted.get("sha256") == sha and noted.get("files") == _file_stats(path):
+            return True
+        if artifact_sha256(path) != sha:
+            return False
+    except (OSError, ValueError, KeyError, TypeError):  # a shard or the index gone or damaged
+        return False
+    record_stat(path, sha)
+    return True
 
 
 class ShardWriter:
@@ -142,13 +205,17 @@ class ShardWriter:
         dest = self.folder / sha
         try:
             os.replace(self.tmp, dest)
+            published = True
         except OSError:  # the same weights are there already (a non-empty folder is not replaced)
             if not (dest / INDEX).is_file():
                 raise
             shutil.rmtree(self.tmp, ignore_errors=True)
+            published = False
         refs = self.folder / f"{sha}.refs"
         refs.mkdir(exist_ok=True)
         (refs / self.run_id).touch()
+        if published:  # the shards just hashed; a folder already there is checked when it is reused
+            record_stat(dest, sha)
         return {"sha256": sha, "path": f"{ARTIFACTS_DIR}/{sha}", "bytes": sum(sh["bytes"] for sh in self.shards),
                 "kept": True, "shards": [sh["file"] for sh in self.shards]}
 
@@ -240,6 +307,7 @@ def drop_artifact(root: Path, artifact: dict[str, Any], run_id: str) -> None:
         if artifact.get("shards"):
             shutil.rmtree(folder / artifact["sha256"], ignore_errors=True)
         (folder / f"{artifact['sha256']}.safetensors").unlink(missing_ok=True)
+        (folder / f"{artifact['sha256']}.stat.json").unlink(missing_ok=True)
         try:
             refs.rmdir()
         except OSError:  # another cell took a reference meanwhile

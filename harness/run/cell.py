@@ -188,23 +188,23 @@ def _prune_and_evaluate(spec: RunSpec, record: dict, *, device: str, caches: dic
     evaluate_cell(spec, record, loaded, model, device=device, caches=caches, reporter=reporter,
                   dense_logits=dense_logits)
     if spec.save and record["status"] == "ok":  # the evaluated weights, as a checkpoint to serve
-        from harness.run.export import save_cell
+        from harness.run.export import save_or_error
 
         model.to("cpu")
-        record["saved"] = save_cell(spec, record, loaded)
+        record["saved"] = save_or_error(spec, record, loaded)  # a failed export keeps the cell ok
     if cuda:
         record["peak_cuda_bytes"] = int(torch.cuda.max_memory_allocated())
     model.to("cpu")
 
 
 def stored_artifact(record: dict, root: Path | None) -> Path | None:
-    """The kept artifact of a stored, pruned cell whose file still has its hash; else None (prune)."""
-    from harness.run.artifacts import artifact_path, artifact_sha256
+    """The kept artifact of a stored, pruned cell whose files still have its hash; else None (prune)."""
+    from harness.run.artifacts import artifact_path, verify_artifact
 
     if root is None or not record.get("pruned"):
         return None
     path = artifact_path(root, record.get("artifact"))
-    if path is None or artifact_sha256(path) != record["artifact"]["sha256"]:
+    if path is None or not verify_artifact(path, record["artifact"]["sha256"]):
         return None
     return path
 

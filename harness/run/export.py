@@ -18,11 +18,17 @@ exactly; a compressed folder is decompressed on load.
 
 The folder is written under a hidden temporary name and renamed into place when complete, so a crash
 never leaves a partial checkpoint under the final name (only a ``.<name>.tmp-*`` folder to delete).
+
+An export that fails (:func:`save_or_error`: the save folder is a file, the disk is full, a checkpoint
+that cannot be compressed) costs the cell nothing: its status and metrics stand, and the record's
+``saved`` is ``{"error": "<one line>", "dir", "format"}``, which the runner shows as one warning line;
+a rerun of the suite tries the export again (the weights and evaluations are reused).
 """
 from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 import re
 import shutil
@@ -36,6 +42,8 @@ from harness.core.spec import RunSpec
 INFO_FILE = "sparsebench.json"
 INFO_VERSION = 1
 
+log = logging.getLogger(__name__)
+
 
 def folder_name(spec: RunSpec, record: dict[str, Any]) -> str:
     """``<model>__<variant>__<target>__seed<seed>__<run id[:12]>``: readable, unique by the run id."""
@@ -45,6 +53,21 @@ def folder_name(spec: RunSpec, record: dict[str, Any]) -> str:
     variant = record.get("variant") or spec.label or spec.method
     parts = [_slug(model), _slug(variant), _slug(spec.target), f"seed{spec.seed}", spec.run_id[:12]]
     return "__".join(parts)
+
+
+def save_or_error(spec: RunSpec, record: dict[str, Any], loaded: Any, artifact_dir: Path | None = None
+                  ) -> dict[str, Any]:
+    """:func:`save_cell`, or when it raises, ``{"error": "<type>: <first line>", "dir", "format"}``
+    for ``record["saved"]``: the evaluated cell keeps its status and metrics."""
+    try:
+        return save_cell(spec, record, loaded, artifact_dir=artifact_dir)
+    except Exception as exc:  # the export's own failure; the record keeps it and the cell stays as it is
+        from harness.run.cell import error_line
+
+        line = error_line(exc)  # with an OSError's file name: which folder could not be written
+        # info, not warning: the runner shows it once, whichever process ran the cell
+        log.info("cell %s: the checkpoint was not saved in %s: %s", spec.short_id, spec.save["dir"], line)
+        return {"error": line, "dir": str(spec.save["dir"]), "format": spec.save["format"]}
 
 
 def save_cell(spec: RunSpec, record: dict[str, Any], loaded: Any, artifact_dir: Path | None = None) -> dict[str, Any]:
@@ -106,8 +129,14 @@ def _save_lm(loaded: Any, folder: Path) -> None:
 
 def _save_lm_shards(loaded: Any, folder: Path, artifact_dir: Path) -> None:
     """``save_pretrained``'s layout from a streamed cell's artifact: config, generation config and
-    tokenizer, and each artifact shard copied as ``model-0000i-of-0000n.safetensors`` with the index
-    (the shards hold the model's own state-dict names, tied tensors once); no model in memory."""
+    tokenizer, and each artifact shard as ``model-0000i-of-0000n.safetensors`` with the index (tied
+    tensors once); no model in memory. A shard is copied as it is, unless transformers saves the
+    model's tensors under other names or in another layout (fused experts are saved per expert):
+    then it is rewritten as ``save_pretrained`` would write it, one shard in memory at a time."""
+    import torch
+    from safetensors.torch import load_file, save_file
+    from transformers.core_model_loading import revert_weight_conversion
+
     config = copy.deepcopy(loaded.model.config)
     config.use_cache = True  # the loader turns the KV cache off for scoring; it changes no weight
     config.save_pretrained(folder)
@@ -117,10 +146,18 @@ def _save_lm_shards(loaded: Any, folder: Path, artifact_dir: Path) -> None:
     index = json.loads((Path(artifact_dir) / "index.json").read_text(encoding="utf-8"))
     n = len(index["shards"])
     names = {sh["file"]: f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i, sh in enumerate(index["shards"])}
+    weight_map: dict[str, str] = {}
     for old, new in names.items():
-        shutil.copyfile(Path(artifact_dir) / old, folder / new)
-    total = sum(sh["bytes"] for sh in index["shards"])  # file sizes (the index's total_size is informational)
-    weight_map = {k: names[v] for k, v in index["weight_map"].items()}
+        part = load_file(str(Path(artifact_dir) / old))
+        saved = revert_weight_conversion(loaded.model, part)  # {name: tensor} as save_pretrained names them
+        if saved.keys() == part.keys():
+            shutil.copyfile(Path(artifact_dir) / old, folder / new)
+        else:  # views of the fused tensors: each its own contiguous copy
+            save_file({k: v.detach().clone(memory_format=torch.contiguous_format) for k, v in saved.items()},
+                      str(folder / new), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(saved, new))
+        del part, saved
+    total = _weight_bytes(folder)  # file sizes (the index's total_size is informational)
     (folder / "model.safetensors.index.json").write_text(
         json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2, sort_keys=True) + "\n",
         encoding="utf-8")

@@ -103,6 +103,11 @@ def run_suite(
         except StoreBusy as exc:  # the record is safe on disk; index it at the end
             busy.append(record["run_id"])
             reporter.note(f"{exc} (the record is kept; indexing is retried at the end)")
+        spec = spec_by_id[record["run_id"]]
+        save_error = (record.get("saved") or {}).get("error")
+        if spec.save and record["status"] == "ok" and save_error is not None:  # this run's export failed
+            reporter.note(f"warning: {cell_label(spec)}: the checkpoint was not saved "
+                          f"(the cell's results are kept; a rerun tries again): {save_error}")
         res = CellResult(
             spec_by_id[record["run_id"]], record["status"], headline_metrics(record["metrics"]),
             record["error"], (record.get("sparsity") or {}).get("global"), record["wall_time_s"] or 0.0,

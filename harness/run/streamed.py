@@ -51,9 +51,10 @@ def prune_and_evaluate_streamed(spec: RunSpec, record: dict, method: Any, target
         evaluate(spec, record, fresh, fresh.model, device=device, caches=caches, reporter=reporter,
                  dense_logits=None, evaluate=_Evaluator(fresh))
         if spec.save and record["status"] == "ok":
-            from harness.run.export import save_cell
+            from harness.run.export import save_or_error
 
-            record["saved"] = save_cell(spec, record, fresh, artifact_dir=stored)
+            # a failed export keeps the cell ok
+            record["saved"] = save_or_error(spec, record, fresh, artifact_dir=stored)
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)

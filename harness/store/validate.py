@@ -196,11 +196,20 @@ FIELDS: dict[str, Check] = {  # record key -> check; a missing key is checked as
     "evals": lambda v: _evals(v),
     "aliases": lambda v: _aliases(v),
     "artifact": optional(obj({"sha256": text, "path": text, "bytes": integer(*COUNT), "kept": boolean})),
-    "saved": optional(obj({"path": text, "format": one_of("dense", "compressed"), "bytes": optional(integer(*COUNT))})),
+    "saved": optional(lambda v: _saved_check(v)),
 }
 REQUIRED = ("record_version", "run_id", "spec_json", "suite", "suites", "model", "method", "variant", "target",
             "seed", "status", "evals")
 SPEC_KEYS = ("method", "target", "seed")  # must agree with the spec the run id hashes
+
+
+_SAVED = obj({"path": text, "format": one_of("dense", "compressed"), "bytes": optional(integer(*COUNT))})
+_SAVE_FAILED = obj({"error": text, "dir": optional(text), "format": optional(one_of("dense", "compressed"))})
+
+
+def _saved_check(value: Any) -> str | None:
+    """The exported checkpoint, or why the export failed (``{"error": ...}``; the cell's results stand)."""
+    return _SAVE_FAILED(value) if isinstance(value, dict) and "error" in value else _SAVED(value)
 
 
 def _texts(value: Any) -> str | None:
