@@ -218,6 +218,7 @@ def test_an_hf_model_streams_from_the_local_cache(tmp_path, checkpoints, monkeyp
     info = next(iter(st.values()))["model_info"]
     assert info["source"] == "hf" and info["streamed"] is True and Path(info["path"]).name == commit
     assert info["commit"] == commit
+    assert next(iter(mem.values()))["model_info"]["commit"] == commit  # loaded whole: the same provenance
     missing = tmp_path / "missing.yaml"
     absent = '{id: "hf:sparsebench/absent", stream: true}'
     missing.write_text(textwrap.dedent(SUITE.format(name="missing", models=absent, extra="")))

@@ -151,13 +151,21 @@ def load_model(
             raise hub_unavailable(ref, exc) from exc
         raise ModelUnavailable(f"cannot load model '{ref}' from {where}: {str(exc).splitlines()[0]}") from exc
     if ref.source == "hf":
-        commit = getattr(model.config, "_commit_hash", None)
-        info["commit"] = commit
+        info["commit"] = getattr(model.config, "_commit_hash", None) or cached_commit(ref.name, spec.revision)
     model.eval()
     model.config.use_cache = False
     info["num_params"] = sum(p.numel() for p in model.parameters())
     info["architecture"] = type(model).__name__
     return LoadedModel(model, tokenizer, info)
+
+
+def cached_commit(repo: str, revision: str | None = None) -> str | None:
+    """The commit of ``repo`` that the Hugging Face cache holds for ``revision`` (None if unknown):
+    its files live in ``snapshots/<commit>/`` (transformers 5 no longer sets ``_commit_hash``)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(repo, "config.json", revision=revision)
+    return Path(found).parent.name if isinstance(found, str) else None
 
 
 def timm_name_problem(name: str, has_weights: bool = False) -> str | None:
