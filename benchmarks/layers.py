@@ -68,7 +68,10 @@ def method_rows(shapes: list[tuple[int, int]], tokens: int, repeat: int, device:
 
 def stage_rows(shapes: list[tuple[int, int]], tokens: int, repeat: int, device: str = "cpu") -> list[dict[str, Any]]:
     """SparseGPT's stages against their floors: one XᵀX matmul, one Cholesky, one GEMM of the sweep's size."""
-    from methods.sparsegpt import WIDE_COLS, inverse_cholesky_upper, sparsegpt_prune, ul_cholesky
+    from methods.sparsegpt import WIDE_COLS, inverse_cholesky_upper, reversed_cholesky, sparsegpt_prune
+
+    def wide_factor(h, frac):
+        return reversed_cholesky(h, h.diagonal() == 0, frac)
 
     rows = []
     for d_out, d_in in shapes:
@@ -77,7 +80,7 @@ def stage_rows(shapes: list[tuple[int, int]], tokens: int, repeat: int, device: 
         t_acc, h = best_of(lambda: _sync(hessian_of(x), device), repeat)
         t_floor_acc, _ = best_of(lambda: _sync(x.T @ x, device), repeat)
         # the factorization the unstructured path takes (the wide sweep's row solves count as sweep)
-        factor = ul_cholesky if d_in >= WIDE_COLS else inverse_cholesky_upper
+        factor = wide_factor if d_in >= WIDE_COLS else inverse_cholesky_upper
         t_inv, _ = best_of(lambda: _sync(factor(h, 0.01)[0], device), repeat)
         t_chol, _ = best_of(lambda: _sync(torch.linalg.cholesky(h + 0.01 * h.diagonal().mean() * eye), device), repeat)
         w = torch.randn(d_out, d_in, device=device)

@@ -280,7 +280,7 @@ def one_thread():
 
 def test_sparsegpt_wide_sweep_keeps_the_references_masks(one_thread):
     """d_in >= WIDE_COLS at 50 %: the one-Cholesky sweep gives the float32 reference's masks and
-    its weights to 1e-5; N:M and exact=True stay bit for bit on the reference's path."""
+    its weights to 1e-5; exact=True stays bit for bit on the reference's path, N:M included."""
     from benchmarks import reference
     from methods.sparsegpt import WIDE_COLS, sparsegpt_prune
 
@@ -292,10 +292,8 @@ def test_sparsegpt_wide_sweep_keeps_the_references_masks(one_thread):
     assert float((wide - ref).norm() / ref.norm()) < 1e-5
     assert info["obs_loss"] == pytest.approx(info_exact["obs_loss"], rel=1e-5)
     assert torch.equal(exact, ref)
-    nm = sparsegpt_prune(w[:16], h, Target(0.5, 2, 4))[0]
+    nm = sparsegpt_prune(w[:16], h, Target(0.5, 2, 4), exact=True)[0]
     assert torch.equal(nm, reference.sparsegpt_ref(w[:16], h, 0.5, 2, 4))
-    with pytest.raises(ValueError, match="exact=True"):
-        sparsegpt_prune(w, h, Target(0.5, 2, 4), exact=False)
 
 
 def test_sparsegpt_wide_sweep_rounds_closer_to_float64_than_the_reference(one_thread):

@@ -79,6 +79,21 @@ def build_params(cls: type, raw: dict[str, Any] | None) -> Any:
     return params
 
 
+OMIT_AT_DEFAULT = "sparsebench_omit_at_default"  # dataclass field metadata key, see added_param
+
+
+def added_param(default: Any) -> Any:
+    """A ``Params`` field added after results were stored: left out of the resolved params (and so
+    of every run id) while it holds its default, so a stored cell that the default reproduces keeps
+    its id; set to anything else, it is an ordinary param (in the id and the variant's name)."""
+    return dataclasses.field(default=default, metadata={OMIT_AT_DEFAULT: True})
+
+
 def params_dict(params: Any) -> dict[str, Any]:
-    """The resolved params (defaults filled in) as a plain dict, for specs and records."""
-    return dataclasses.asdict(params)
+    """The resolved params (defaults filled in) as a plain dict, for specs and records; an
+    :func:`added_param` at its default is left out."""
+    out = dataclasses.asdict(params)
+    for f in dataclasses.fields(params):
+        if f.metadata.get(OMIT_AT_DEFAULT) and out[f.name] == f.default:
+            del out[f.name]
+    return out
