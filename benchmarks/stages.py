@@ -10,6 +10,8 @@ wrapping the adapter's and the method's calls:
   split into ``stats_hooks`` (the accumulation inside the hooks) and the block forwards;
 - ``solves``: the method's own ``prune`` calls (the algorithm);
 - ``error``: the reconstruction error tr(ΔW H ΔWᵀ)/tr(W H Wᵀ) of every layer;
+- ``fingerprints``: the hashes of the weight and statistics around each method call (the
+  check that a method left its inputs unchanged);
 - ``layer_rest``: the rest of each layer step (output checks, write-back);
 - ``propagation``: the pruned block re-run for the next block's inputs (``Adapter.leave``);
 - ``loop_rest``: whatever the loop spends outside all of these;
@@ -22,6 +24,7 @@ Models: ``opt-125m`` (an ``OPTConfig`` with OPT-125m's shapes, random weights, r
 
     python -m benchmarks.stages --models opt-125m --calib 32x128
     python -m benchmarks.stages --models zoo:tiny-llama --calib 128x128 --method sparsegpt --target 2:4
+    python -m benchmarks.stages --layer 4096x11008 --tokens 512   # one layer step's overhead
 
 Timings are wall-clock on whatever else the machine runs: compare runs made side by side.
 """
@@ -34,7 +37,7 @@ from collections import defaultdict
 from contextlib import contextmanager
 from typing import Any, Callable
 
-STAGES = ("load", "capture", "statistics", "stats_hooks", "solves", "error", "layer_rest", "propagation",
+STAGES = ("load", "capture", "statistics", "stats_hooks", "solves", "error", "fingerprints", "layer_rest", "propagation",
           "loop_rest", "prune_total", "eval", "bare_forward")
 
 
@@ -114,14 +117,15 @@ def prune_timed(model: Any, batches: list, method: Any, target: Any, clock: Cloc
          _patched(lm.LMAdapter, "gather", clock.wrap("statistics", lm.LMAdapter.gather)), \
          _patched(lm.LMAdapter, "leave", clock.wrap("propagation", lm.LMAdapter.leave)), \
          _patched(hooks, "relative_error", clock.wrap("error", hooks.relative_error)), \
+         _patched(hooks, "_fingerprints", clock.wrap("fingerprints", hooks._fingerprints)), \
          _patched(loop, "prune_layer", clock.wrap("layer_step", loop.prune_layer)), \
          _patched(hooks.StatsCollector, "_hook", timed_hook):
         with clock.stage("prune_total"):
             reports = lm.prune_sequential(model, batches, method, target)
     s = clock.s
-    s["layer_rest"] = s.pop("layer_step", 0.0) - s["solves"] - s["error"]
-    s["loop_rest"] = s["prune_total"] - s["capture"] - s["statistics"] - s["propagation"] - s["solves"] - s[
-        "error"] - s["layer_rest"]
+    step = s.pop("layer_step", 0.0)  # every prune_layer call: solves + error + fingerprints + the rest
+    s["layer_rest"] = step - s["solves"] - s["error"] - s["fingerprints"]
+    s["loop_rest"] = s["prune_total"] - s["capture"] - s["statistics"] - s["propagation"] - step
     return reports
 
 
@@ -173,6 +177,70 @@ def run(model_id: str, method_name: str, target_text: str, n: int, seqlen: int, 
             **{k: clock.s.get(k, 0.0) for k in STAGES}}
 
 
+def _rss_mib() -> tuple[float, float]:
+    """(current, peak) resident set size in MiB from /proc/self/status (Linux)."""
+    fields = dict(line.split(":", 1) for line in open("/proc/self/status", encoding="ascii") if ":" in line)
+    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+
+def _reset_peak() -> None:
+    with open("/proc/self/clear_refs", "w", encoding="ascii") as f:  # "5": reset VmHWM to VmRSS
+        f.write("5")
+
+
+def layer_overhead(d_out: int, d_in: int, tokens: int, repeat: int = 2, seed: int = 0) -> dict[str, Any]:
+    """What one layer step costs besides the method: ``collector.stats`` plus ``prune_layer`` on a
+    random Linear (d_out, d_in) with ``tokens`` calibration rows, around a method that only applies a
+    fixed 50 % mask. Seconds are the best of ``repeat`` steps (statistics gathered afresh and the dense
+    weight restored before each); ``step_peak_mib`` is the step's peak RSS above the RSS it started at
+    (Linux only); ``rel_error_h`` is the same error from H, untimed.
+    """
+    import torch
+    from torch import nn
+
+    from harness.core.method import LayerMethod, PruneResult
+    from harness.core.target import Target
+    from harness.drivers import hooks
+
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.rand(d_out, d_in, generator=g) < 0.5  # (d_out, d_in)
+
+    class FixedMask(LayerMethod):
+        name = "fixed-mask"
+
+        def prune(self, name, weight, stats, target):
+            return PruneResult(weight.masked_fill(mask, 0))
+
+    layer = nn.Linear(d_in, d_out, bias=False)
+    dense = torch.randn(d_out, d_in, generator=g) / d_in**0.5
+    inputs = torch.randn(tokens, d_in, generator=g)  # (tokens, d_in)
+    best: dict[str, float] = {}
+    for _ in range(repeat):
+        collector = hooks.StatsCollector({"layer": layer}, "hessian")  # fresh: no hash is remembered
+        clock, method = Clock(), FixedMask()
+        method.prune = clock.wrap("solves", method.prune)
+        with torch.no_grad():
+            layer.weight.copy_(dense)
+            for x in inputs.split(128):
+                layer(x)
+                collector.end_forward()
+            collector.remove()
+            rss, _ = _rss_mib()
+            _reset_peak()
+            with _patched(hooks, "relative_error", clock.wrap("error", hooks.relative_error)), \
+                 _patched(hooks, "_fingerprints", clock.wrap("fingerprints", hooks._fingerprints)), \
+                 clock.stage("step"):
+                report = hooks.prune_layer(method, "layer", layer, collector.stats("layer"), Target.parse("0.5"), 0)
+            _, peak = _rss_mib()
+        clock.s["rest"] = clock.s["step"] - clock.s["solves"] - clock.s["error"] - clock.s["fingerprints"]
+        clock.s["step_peak_mib"] = peak - rss
+        best = {k: min(v, best.get(k, float("inf"))) for k, v in clock.s.items()}
+    with torch.no_grad():  # the H form on the same layer, untimed: the two forms agree
+        by_hessian = hooks.relative_error(dense, layer.weight, collector.stats("layer").hessian)
+    return {"layer": f"{d_out}x{d_in}", "tokens": tokens, "rel_error": report.rel_error, "rel_error_h": by_hessian,
+            "threads": torch.get_num_threads(), **best}
+
+
 def render(rows: list[dict[str, Any]]) -> str:
     """A Markdown table: one column per run, one row per stage (seconds, share of the prune)."""
     head = "| stage | " + " | ".join(f"{r['model']} {r['method']} {r['target']} {r['calibration']}" for r in rows) + " |"
@@ -198,7 +266,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval-windows", type=int, default=16)
     ap.add_argument("--eval-repeat", type=int, default=3)
     ap.add_argument("--json", default=None, help="also write the rows here")
+    ap.add_argument("--layer", default=None, metavar="DOUTxDIN",
+                    help="instead of models: one layer step's overhead on a random layer, e.g. 4096x11008")
+    ap.add_argument("--tokens", type=int, default=512, help="calibration rows for --layer")
     args = ap.parse_args(argv)
+    if args.layer:
+        d_out, d_in = (int(v) for v in args.layer.lower().split("x"))
+        row = layer_overhead(d_out, d_in, args.tokens)
+        print(json.dumps(row))
+        if args.json:
+            with open(args.json, "w", encoding="utf-8") as f:
+                json.dump(row, f, indent=1)
+        return 0
     rows = []
     for model_id in [m for m in args.models.split(",") if m]:
         calib = args.calib or ("128x128" if model_id.startswith("zoo:") else "32x128")

@@ -53,7 +53,7 @@ def test_stage_breakdown_accounts_for_the_whole_prune():
 
     row = stages.run("zoo:tiny-llama", "sparsegpt", "0.5", 4, 32, 4, eval_windows=1, eval_repeat=1)
     assert row["layers"] == 28
-    parts = ("capture", "statistics", "solves", "error", "layer_rest", "propagation", "loop_rest")
+    parts = ("capture", "statistics", "solves", "error", "fingerprints", "layer_rest", "propagation", "loop_rest")
     assert all(row[p] >= 0 for p in parts if p != "loop_rest")
     assert sum(row[p] for p in parts) == pytest.approx(row["prune_total"])
     assert 0 < row["stats_hooks"] < row["statistics"]

@@ -51,12 +51,15 @@ class LayerStats:
         n: number of token rows accumulated.
         cross: X_d^T X_s / n, (d_in, d_in) float32, when the method asked for ``stats = "cross"``:
             X_d are the layer's inputs in the dense model, X_s in the model being pruned.
+        rows: X itself, (n, d_in) float32, when the loop kept it (n <= d_in) to measure the
+            reconstruction error; None in what a method is handed.
     """
 
     diag: Any
     hessian: Any = None
     n: int = 0
     cross: Any = None
+    rows: Any = None
 
     @classmethod
     def from_hessian(cls, hessian: Any, n: int = 0) -> "LayerStats":
