@@ -96,7 +96,8 @@ def _run(ctx: ModelContext, method: ModelMethod, target: Target, measure_error: 
         if not torch.isfinite(w).all():
             raise NumericalError(f"{method.name} produced non-finite weights in {rep.name}")
         if collector is not None:
-            rep.rel_error = relative_error(dense[rep.name], w, collector.stats(rep.name).hessian)
+            stats = collector.stats(rep.name)
+            rep.rel_error = relative_error(dense[rep.name], w, stats.hessian, rows=stats.rows)
     return ModelPruneResult(reports, ctx.series, ctx.info)
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.core.spec import DENSE, RunSpec
-from harness.run.reporter import Reporter
+from harness.run.reporter import Reporter, error_line
 from harness.store.validate import RECORD_VERSION
 
 log = logging.getLogger(__name__)
@@ -124,11 +124,6 @@ def fault_status(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS:
         return "error"
     return "error" if isinstance(exc, (ModelUnavailable, DatasetUnavailable, TaskDataUnavailable)) else "failed"
-
-
-def error_line(exc: BaseException) -> str:
-    first = str(exc).strip().split("\n")[0]  # the first line; a "\r" inside it stays (made visible on print)
-    return f"{type(exc).__name__}: {first}"
 
 
 def _prune_and_evaluate(spec: RunSpec, record: dict, *, device: str, caches: dict, reporter: Reporter,

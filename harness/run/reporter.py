@@ -6,6 +6,12 @@ from dataclasses import dataclass, field
 from harness.core.spec import RunSpec
 
 
+def error_line(exc: BaseException) -> str:
+    """``ValueError: <first line>``: a cell's exception as its record's one-line error."""
+    first = str(exc).strip().split("\n")[0]  # the first line; a "\r" inside it stays (made visible on print)
+    return f"{type(exc).__name__}: {first}"
+
+
 @dataclass
 class CellResult:
     spec: RunSpec
