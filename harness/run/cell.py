@@ -238,7 +238,7 @@ def _prune(spec: RunSpec, family: Any, loaded: Any, method: Any, target: Any, re
         record["evals"], record["metrics"], record["eval_info"] = {}, [], {}  # they scored other weights
     elif before:
         artifact["reproduced"] = True
-    del loaded
+    loaded.model = None  # the pruned model goes before the fresh one is built (the caller holds ``loaded``)
     gc.collect()
     fresh = load()
     load_artifact(fresh.model, Path(root) / artifact["path"])
