@@ -93,6 +93,15 @@ def write_checkpoint(shape: str, folder: Path, shard_mb: int = 200, seed: int = 
     return folder
 
 
+def _progress(done: int, total: int, start: float) -> None:
+    """One stderr line per 1/8 of the layers: elapsed time and peak RSS so far (a long run can be
+    read while it runs, and a cut one still says how far it got)."""
+    if done == total or done % max(total // 8, 1) == 0:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        print(f"  {done}/{total} layers, {time.perf_counter() - start:.0f} s, peak RSS {peak / 1e9:.2f} GB",
+              file=sys.stderr, flush=True)
+
+
 def child(mode: str, folder: Path, out: Path, calib: str, device: str) -> dict:
     """One prune phase in this process; returns its measurements."""
     import psutil
@@ -133,7 +142,8 @@ def child(mode: str, folder: Path, out: Path, calib: str, device: str) -> dict:
         writer.write("rest", rest_state(loaded.model, path))
         sink = lambda i, prefix, block: writer.write(  # noqa: E731
             f"block-{i:05d}", {f"{prefix}.{k}": v for k, v in block.state_dict().items()})
-        reports = prune_streamed(loaded.model, loaded.source, sink, batches, method, target, device=device)
+        reports = prune_streamed(loaded.model, loaded.source, sink, batches, method, target, device=device,
+                                 progress=lambda done, n: _progress(done, n, t1))
         t2 = time.perf_counter()
         writer.finish()
     t3 = time.perf_counter()
@@ -171,9 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
         cmd = [sys.executable, "-m", "benchmarks.stream", "--shape", args.shape, "--dir", str(args.dir),
                "--calib", args.calib, "--device", args.device, "--child", mode]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)  # the child's progress goes to stderr
         if proc.returncode != 0:
-            print(f"{mode}: failed (rc {proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}")
+            print(f"{mode}: failed (rc {proc.returncode}); its error is above")
             continue
         row = json.loads(proc.stdout.strip().splitlines()[-1])
         row.update(checkpoint_bytes=ckpt, above_baseline=(row["peak_rss"] - row["baseline_rss"]) / ckpt)
