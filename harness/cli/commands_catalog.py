@@ -12,13 +12,15 @@ def cmd_ls(args) -> int:
 
     table = Table(show_header=True, header_style="bold")
     if args.what == "methods":
-        from harness.core.method import METHODS, params_dict
+        import dataclasses
+
+        from harness.core.method import METHODS
         from harness.plugins import list_methods
 
         list_methods()
         table.add_column("method"), table.add_column("params (defaults)"), table.add_column("origin")
         for e in METHODS:
-            params = ", ".join(f"{k}={v!r}" for k, v in params_dict(e.obj.Params()).items())
+            params = ", ".join(f"{k}={v!r}" for k, v in dataclasses.asdict(e.obj.Params()).items())  # every field
             table.add_row(e.name, params or "-", e.origin)
     elif args.what == "models":
         from harness.core.ids import LM_ZOO_NAMES, SOURCES, VISION_ZOO_NAMES
