@@ -212,6 +212,16 @@ def _block_mask(W1: torch.Tensor, d1: torch.Tensor, sparsity: float) -> torch.Te
     return tmp <= torch.kthvalue(tmp.flatten(), k + 1).values
 
 
+def _nm_lowest(W1t: torch.Tensor, d1: torch.Tensor, i: int, n: int, m: int) -> torch.Tensor:
+    """The reference's lazy N:M choice for the group of inputs [i, i + m), made on the weights as
+    updated so far: per row, the columns (0..m-1 within the group) of the n lowest w^2 / d^2, (rows, n).
+    Both sweeps call it, so ``wide_nm`` chooses by the same rule as the exact sweep."""
+    import torch as t  # the real module (a per-group call in the column loop)
+
+    tmp = (W1t[i : i + m].t() ** 2 / d1[i : i + m].reshape(1, -1) ** 2).contiguous()  # (rows, m)
+    return t.topk(tmp, n, dim=1, largest=False)[1]
+
+
 def _exact_sweep(W: torch.Tensor, Hinv: torch.Tensor, target: Target, blocksize: int) -> float:
     """The reference's sweep, in place on W (rows, cols) with U = Hinv; returns the OBS loss."""
     import torch as t  # the real module: the lazy proxy costs an import lookup per attribute, per column
@@ -219,7 +229,7 @@ def _exact_sweep(W: torch.Tensor, Hinv: torch.Tensor, target: Target, blocksize:
     n, m = target.n, target.m
     zero = t.zeros((), device=W.device)
     losses = t.zeros((), device=W.device)
-    where, outer, topk = t.where, t.outer, t.topk
+    where, outer = t.where, t.outer
     for i1 in range(0, cols, blocksize):
         i2 = min(i1 + blocksize, cols)
         count = i2 - i1
@@ -242,8 +252,7 @@ def _exact_sweep(W: torch.Tensor, Hinv: torch.Tensor, target: Target, blocksize:
         with _one_thread():
             for i in range(count):
                 if target.is_nm and i % m == 0:  # lazy N:M: pick from the already-updated weights
-                    tmp = (W1t[i : i + m].t() ** 2 / d1[i : i + m].reshape(1, -1) ** 2).contiguous()  # (rows, m)
-                    mask1.scatter_(1, i + topk(tmp, n, dim=1, largest=False)[1], True)
+                    mask1.scatter_(1, i + _nm_lowest(W1t, d1, i, n, m), True)
                     mask1t[i : i + m] = mask1[:, i : i + m].t()
                 err1 = where(m_rows[i], w_rows[i], zero) / d_list[i]  # (w - q) / d, q = w with pruned zeroed
                 W1t[i:] -= outer(h_rows[i][i:], err1)  # OBS compensation inside the block
@@ -313,9 +322,7 @@ def _wide_sweep(W: torch.Tensor, L: torch.Tensor, target: Target, blocksize: int
                 j2 = min(j1 + sub, count)
                 for i in range(j1, j2):
                     if target.is_nm and i % m == 0:  # the exact sweep's choice, on these weights
-                        tmp = (W1t[i : i + m].t() ** 2 / d1[i : i + m].reshape(1, -1) ** 2).contiguous()  # (rows, m)
-                        chosen = t.topk(tmp, n, dim=1, largest=False)[1]  # (rows, n)
-                        mask1t[i : i + m].t().scatter_(1, chosen, True)
+                        mask1t[i : i + m].t().scatter_(1, _nm_lowest(W1t, d1, i, n, m), True)
                         t.div(mask1t[i : i + m], d1[i : i + m].reshape(-1, 1), out=coef[i : i + m])
                     t.mul(w_rows[i], c_rows[i], out=e_rows[i])
                     if i + 1 < j2:  # rank-1 update of the rest of the sub-block
