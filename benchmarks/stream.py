@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from harness.run.env import peak_rss_bytes
 
 ZOO_TOKENIZER = Path(__file__).resolve().parent.parent / "harness/models/zoo/checkpoints/tiny-llama"
 LLAMA = dict(vocab_size=32000, num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096)
@@ -97,7 +98,7 @@ def _progress(done: int, total: int, start: float) -> None:
     """One stderr line per 1/8 of the layers: elapsed time and peak RSS so far (a long run can be
     read while it runs, and a cut one still says how far it got)."""
     if done == total or done % max(total // 8, 1) == 0:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        peak = peak_rss_bytes()
         print(f"  {done}/{total} layers, {time.perf_counter() - start:.0f} s, peak RSS {peak / 1e9:.2f} GB",
               file=sys.stderr, flush=True)
 
@@ -148,7 +149,7 @@ def child(mode: str, folder: Path, out: Path, calib: str, device: str) -> dict:
         writer.finish()
     t3 = time.perf_counter()
     return {"mode": mode, "layers": len(reports), "baseline_rss": baseline,
-            "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "peak_rss": peak_rss_bytes(),
             "load_s": t1 - t0, "prune_s": t2 - t1, "total_s": t3 - t0}
 
 

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.core.spec import RunSpec
+from harness.run.reporter import error_line
 
 INFO_FILE = "sparsebench.json"
 INFO_VERSION = 1
@@ -62,8 +63,6 @@ def save_or_error(spec: RunSpec, record: dict[str, Any], loaded: Any, artifact_d
     try:
         return save_cell(spec, record, loaded, artifact_dir=artifact_dir)
     except Exception as exc:  # the export's own failure; the record keeps it and the cell stays as it is
-        from harness.run.reporter import error_line
-
         line = error_line(exc)  # with an OSError's file name: which folder could not be written
         # info, not warning: the runner shows it once, whichever process ran the cell
         log.info("cell %s: the checkpoint was not saved in %s: %s", spec.short_id, spec.save["dir"], line)

@@ -109,7 +109,7 @@ def run_suite(
             reporter.note(f"warning: {cell_label(spec)}: the checkpoint was not saved "
                           f"(the cell's results are kept; a rerun tries again): {save_error}")
         res = CellResult(
-            spec_by_id[record["run_id"]], record["status"], headline_metrics(record["metrics"]),
+            spec, record["status"], headline_metrics(record["metrics"]),
             record["error"], (record.get("sparsity") or {}).get("global"), record["wall_time_s"] or 0.0,
         )
         results[res.spec.run_id] = res
